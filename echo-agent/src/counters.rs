@@ -1,0 +1,74 @@
+//! Reads the programs' counter maps and sums their per-CPU copies.
+
+use aya::{
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    Ebpf,
+};
+use echo_common::{
+    ClassCounters, DestKey, DestStats, FlowKey, FlowState, DIRECTIONS, INSERTS_DEST_STATS,
+    INSERTS_FLOWS, MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_FLOWS, MAP_INSERTS, PACKET_CLASSES,
+};
+
+/// One read of all counters.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Every destination entry, summed over CPUs.
+    pub dests: Vec<(DestKey, DestStats)>,
+    /// Packet classes, index `device * DIRECTIONS + direction`.
+    pub classes: Vec<[u64; PACKET_CLASSES]>,
+    pub flow_entries: u64,
+    pub flow_inserts: u64,
+    pub dest_inserts: u64,
+}
+
+impl Snapshot {
+    pub fn classes_of(&self, device: u32, direction: u8) -> [u64; PACKET_CLASSES] {
+        self.classes.get((device * DIRECTIONS + direction as u32) as usize).copied().unwrap_or_default()
+    }
+
+    /// Entries pushed out of the LRU maps: insertions minus live entries.
+    pub fn flow_evictions(&self) -> u64 {
+        self.flow_inserts.saturating_sub(self.flow_entries)
+    }
+
+    pub fn dest_evictions(&self) -> u64 {
+        self.dest_inserts.saturating_sub(self.dests.len() as u64)
+    }
+}
+
+fn map<'a>(ebpf: &'a Ebpf, name: &str) -> &'a aya::maps::Map {
+    ebpf.map(name).unwrap_or_else(|| panic!("the object defines map {name}"))
+}
+
+pub fn read(ebpf: &Ebpf) -> Result<Snapshot, MapError> {
+    let stats: PerCpuHashMap<&MapData, DestKey, DestStats> = PerCpuHashMap::try_from(map(ebpf, MAP_DEST_STATS))?;
+    let mut dests = Vec::new();
+    for entry in stats.iter() {
+        let (key, per_cpu) = entry?;
+        let mut sum = DestStats::default();
+        per_cpu.iter().for_each(|s| sum.merge(s));
+        dests.push((key, sum));
+    }
+    dests.sort_by(|a, b| (a.0.device, a.0.direction, a.0.addr, a.0.port, a.0.proto).cmp(&(b.0.device, b.0.direction, b.0.addr, b.0.port, b.0.proto)));
+
+    let classes_map: PerCpuArray<&MapData, ClassCounters> = PerCpuArray::try_from(map(ebpf, MAP_CLASS_COUNTERS))?;
+    let mut classes = Vec::new();
+    for per_cpu in classes_map.iter() {
+        let mut sum = [0u64; PACKET_CLASSES];
+        for c in per_cpu?.iter() {
+            sum.iter_mut().zip(c.packets).for_each(|(s, v)| *s += v);
+        }
+        classes.push(sum);
+    }
+
+    let inserts: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, MAP_INSERTS))?;
+    let sum_slot = |slot: u32| -> Result<u64, MapError> { Ok(inserts.get(&slot, 0)?.iter().sum()) };
+    let flows: HashMap<&MapData, FlowKey, FlowState> = HashMap::try_from(map(ebpf, MAP_FLOWS))?;
+    Ok(Snapshot {
+        dests,
+        classes,
+        flow_entries: flows.keys().count() as u64,
+        flow_inserts: sum_slot(INSERTS_FLOWS)?,
+        dest_inserts: sum_slot(INSERTS_DEST_STATS)?,
+    })
+}

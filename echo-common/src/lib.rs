@@ -1,0 +1,93 @@
+//! Types and constants shared by `echo-ebpf` (kernel) and `echo-agent` (user space).
+//!
+//! Every type here is `#[repr(C)]` and free of implicit padding (checked at compile time
+//! below), so the kernel and user space agree on every byte of every map key and value.
+#![no_std]
+
+pub mod maps;
+pub mod tls;
+
+pub use maps::*;
+
+/// Direction of a packet relative to the monitored device.
+pub const DIR_UPLOAD: u8 = 0;
+/// Traffic towards the monitored device (TC egress on the hotspot interface).
+pub const DIR_DOWNLOAD: u8 = 1;
+/// Number of directions: size of the direction dimension of per-device arrays.
+pub const DIRECTIONS: u32 = 2;
+
+/// Address family tags used in keys (the numeric values of AF_INET / AF_INET6 on Linux).
+pub const FAMILY_V4: u8 = 2;
+pub const FAMILY_V6: u8 = 10;
+
+/// IP protocol numbers the programs classify.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// DNS runs on this UDP port; packets to or from it are classified `dns`.
+pub const DNS_PORT: u16 = 53;
+
+/// Per-packet classes, after the seed research's classification of outgoing Echo packets.
+/// The discriminant is the index into [`ClassCounters::packets`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketClass {
+    /// TCP segment carrying new TLS handshake or change-cipher-spec bytes and no app data.
+    Handshake = 0,
+    /// TCP segment carrying new TLS application-data bytes.
+    AppData = 1,
+    /// TCP segment with no payload and none of SYN, FIN, RST.
+    Ack = 2,
+    /// TCP segment whose payload was entirely seen before.
+    Retransmit = 3,
+    /// Any other TCP segment: SYN, FIN, RST, alerts, unsynced or non-TLS payload.
+    OtherTcp = 4,
+    /// UDP to or from port 53.
+    Dns = 5,
+    /// ICMP and ICMPv6.
+    Icmp = 6,
+    /// Everything else from a device, including frames too malformed to parse.
+    Other = 7,
+}
+
+/// Number of packet classes.
+pub const PACKET_CLASSES: usize = 8;
+
+/// Class names as exported (JSON keys, Prometheus label values), indexed by discriminant.
+pub const CLASS_NAMES: [&str; PACKET_CLASSES] = [
+    "handshake",
+    "app_data",
+    "ack",
+    "retransmit",
+    "other_tcp",
+    "dns",
+    "icmp",
+    "other",
+];
+
+/// Formats a MAC address as the key of the device map (6 address bytes, 2 zero bytes).
+#[inline(always)]
+pub const fn mac_key(mac: [u8; 6]) -> [u8; 8] {
+    [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]
+}
+
+/// The bit a MAC sets in the device pre-filter bitmap (see `DEVICE_FILTER`): a 64-bit
+/// one-hash Bloom filter, so frames from other MACs usually skip the hash lookup.
+#[inline(always)]
+pub const fn mac_filter_bit(mac: [u8; 6]) -> u64 {
+    1u64 << ((mac[4] ^ mac[5]) & 63)
+}
+
+/// Signed distance `a - b` in TCP sequence space (RFC 1982 serial arithmetic).
+#[inline(always)]
+pub const fn seq_diff(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
+/// `a` comes strictly before `b` in TCP sequence space.
+#[inline(always)]
+pub const fn seq_lt(a: u32, b: u32) -> bool {
+    seq_diff(a, b) < 0
+}

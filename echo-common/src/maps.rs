@@ -1,0 +1,196 @@
+//! Map keys, values, names and sizes. The comments above each map in `echo-ebpf/src/maps.rs`
+//! say who writes and who reads; the sizes here are the single source for both sides.
+
+/// Most devices one agent monitors. Bounds `DEVICES` and the device dimension of
+/// `CLASS_COUNTERS`; a household has a handful of smart speakers.
+pub const MAX_DEVICES: u32 = 16;
+
+/// Flow table size (LRU). 65,536 concurrent TCP flows × 88 bytes ≈ 6 MiB of kernel memory:
+/// an Echo keeps a few long-lived connections, so this leaves room for the whole household.
+pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
+
+/// Destination counter table size (LRU, per CPU): (device, direction, address, port, protocol).
+pub const DEST_STATS_ENTRIES: u32 = 16_384;
+
+/// Map names as they appear in the object file and under the pin directory.
+pub const MAP_DEVICES: &str = "DEVICES";
+pub const MAP_DEVICE_FILTER: &str = "DEVICE_FILTER";
+pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_DEST_STATS: &str = "DEST_STATS";
+pub const MAP_CLASS_COUNTERS: &str = "CLASS_COUNTERS";
+pub const MAP_INSERTS: &str = "MAP_INSERTS";
+pub const MAP_CLOCK: &str = "CLOCK";
+
+/// Index into `MAP_INSERTS` for each LRU map whose insertions are counted.
+/// Evictions = insertions − live entries (the programs never delete).
+pub const INSERTS_FLOWS: u32 = 0;
+pub const INSERTS_DEST_STATS: u32 = 1;
+pub const INSERTS_SLOTS: u32 = 2;
+
+/// Value of `DEVICES`: the device's dense index, used in every other key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub index: u32,
+    pub _reserved: u32,
+}
+
+/// Key of `DEST_STATS`: one remote endpoint of one device in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DestKey {
+    /// Remote address: IPv4 in the first 4 bytes (rest zero) or IPv6.
+    pub addr: [u8; 16],
+    /// Remote port (host byte order), 0 for protocols without ports.
+    pub port: u16,
+    /// Index from `DEVICES`.
+    pub device: u8,
+    /// `DIR_UPLOAD` or `DIR_DOWNLOAD`.
+    pub direction: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `DEST_STATS` (one copy per CPU; user space sums them, min/max for the times).
+/// TLS byte counts are record payload bytes, the 5-byte record header excluded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestStats {
+    pub tls_app_bytes: u64,
+    pub tls_app_records: u64,
+    pub handshake_bytes: u64,
+    pub handshake_records: u64,
+    pub ccs_bytes: u64,
+    pub alert_bytes: u64,
+    /// TCP payload bytes on the wire, retransmissions included.
+    pub tcp_payload_bytes: u64,
+    pub packets: u64,
+    /// Frame bytes from the Ethernet header on.
+    pub wire_bytes: u64,
+    /// Payload bytes of sequence ranges already seen.
+    pub retransmit_bytes: u64,
+    /// Payload bytes of TLS flows whose record boundary was unknown when they passed.
+    pub unsynced_bytes: u64,
+    /// Monotonic (or replayed capture) nanoseconds of the first and last packet.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+impl DestStats {
+    /// Adds another CPU's copy into this one.
+    pub fn merge(&mut self, o: &DestStats) {
+        self.tls_app_bytes = self.tls_app_bytes.wrapping_add(o.tls_app_bytes);
+        self.tls_app_records = self.tls_app_records.wrapping_add(o.tls_app_records);
+        self.handshake_bytes = self.handshake_bytes.wrapping_add(o.handshake_bytes);
+        self.handshake_records = self.handshake_records.wrapping_add(o.handshake_records);
+        self.ccs_bytes = self.ccs_bytes.wrapping_add(o.ccs_bytes);
+        self.alert_bytes = self.alert_bytes.wrapping_add(o.alert_bytes);
+        self.tcp_payload_bytes = self.tcp_payload_bytes.wrapping_add(o.tcp_payload_bytes);
+        self.packets = self.packets.wrapping_add(o.packets);
+        self.wire_bytes = self.wire_bytes.wrapping_add(o.wire_bytes);
+        self.retransmit_bytes = self.retransmit_bytes.wrapping_add(o.retransmit_bytes);
+        // Per-CPU copies of a byte counter may individually wrap below zero when a hole fix-up
+        // moves bytes from `unsynced` to a record type on another CPU; the sum is exact.
+        self.unsynced_bytes = self.unsynced_bytes.wrapping_add(o.unsynced_bytes);
+        if o.packets != 0 || o.first_seen_ns != 0 {
+            if self.first_seen_ns == 0 || (o.first_seen_ns != 0 && o.first_seen_ns < self.first_seen_ns) {
+                self.first_seen_ns = o.first_seen_ns;
+            }
+            self.last_seen_ns = self.last_seen_ns.max(o.last_seen_ns);
+        }
+    }
+}
+
+/// Value of `CLASS_COUNTERS`, indexed by `device * DIRECTIONS + direction`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassCounters {
+    pub packets: [u64; crate::PACKET_CLASSES],
+}
+
+/// Key of `FLOWS`: one direction of one TCP connection, as the packets carry it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Where a TLS record walker stands in one byte stream.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Walker {
+    /// Sequence number of the next record header's first byte. Bytes before it belong to the
+    /// payload of the record of type `cur_type`.
+    pub next_hdr: u32,
+    /// Content type of the record whose payload ends at `next_hdr`.
+    pub cur_type: u8,
+    /// Header bytes at `next_hdr` already seen (0–4), kept in `hdr_buf`.
+    pub hdr_have: u8,
+    /// 1 when `next_hdr` is known; 0 when the position in the stream is unknown.
+    pub synced: u8,
+    pub _pad: u8,
+    pub hdr_buf: [u8; 4],
+}
+
+/// Flow state flags (`FlowState::flags`).
+/// The walker has not yet parsed the stream's first record (set on SYN).
+pub const FLOW_STREAM_START: u8 = 1;
+/// The stream's first bytes were not a TLS record: only TCP counters are kept.
+pub const FLOW_NOT_TLS: u8 = 2;
+/// `hole` describes an open gap in the stream.
+pub const FLOW_HAS_HOLE: u8 = 4;
+/// The main walker lost sync at `hole_end`; bytes `[unsync_start, unsync_end)` went to
+/// `unsynced_bytes` and may be re-attributed once the hole is filled.
+pub const FLOW_UNSYNC_AFTER_HOLE: u8 = 8;
+
+/// Value of `FLOWS`. The state machine is documented in `echo-ebpf/src/tls_records.rs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Walker at `seq_high`.
+    pub main: Walker,
+    /// Walker at `hole_start`, valid with `FLOW_HAS_HOLE`.
+    pub hole: Walker,
+    /// Sequence number one past the highest payload byte seen.
+    pub seq_high: u32,
+    pub hole_start: u32,
+    pub hole_end: u32,
+    pub unsync_start: u32,
+    pub unsync_end: u32,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Compile-time proof that the shared types have no implicit padding: each size equals the
+/// sum of its fields.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<DeviceInfo>() == 8);
+    assert!(size_of::<DestKey>() == 16 + 2 + 1 + 1 + 1 + 1 + 2);
+    assert!(size_of::<DestStats>() == 13 * 8);
+    assert!(size_of::<ClassCounters>() == crate::PACKET_CLASSES * 8);
+    assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
+    assert!(size_of::<Walker>() == 4 + 1 + 1 + 1 + 1 + 4);
+    assert!(size_of::<FlowState>() == 2 * size_of::<Walker>() + 5 * 4 + 1 + 3);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), padding-free (checked above) and valid for any bit pattern.
+    unsafe impl aya::Pod for DeviceInfo {}
+    unsafe impl aya::Pod for DestKey {}
+    unsafe impl aya::Pod for DestStats {}
+    unsafe impl aya::Pod for ClassCounters {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+}

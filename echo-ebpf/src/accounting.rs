@@ -1,0 +1,210 @@
+//! The per-packet pipeline shared by the XDP (upload) and TC (download) programs: device
+//! filter, header parsing, destination counters, packet class, TLS record walking.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use echo_common::{
+    mac_filter_bit, mac_key, ClassCounters, DestKey, DestStats, FlowKey, FlowState, PacketClass,
+    DIRECTIONS, DIR_UPLOAD, DNS_PORT, INSERTS_DEST_STATS, INSERTS_FLOWS, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    maps::{CLASS_COUNTERS, CLOCK, DEST_STATS, DEVICES, DEVICE_FILTER, FLOWS, MAP_INSERTS, SCRATCH},
+    parse::{ethernet, ipv4, ipv6, tcp, Packet, L3},
+    tls_records::{self, Segment, Tally},
+};
+
+/// Accounts one frame seen in `direction`. Never fails and never touches the frame.
+#[inline(always)]
+pub fn account<P: Packet>(pkt: &P, direction: u8) {
+    // The device is the frame's source when uploading and its destination when downloading.
+    let mac_off = if direction == DIR_UPLOAD { ethernet::SRC_MAC_OFF } else { ethernet::DST_MAC_OFF };
+    let Some(mac) = pkt.read::<[u8; 6]>(mac_off) else { return };
+    let Some(filter) = DEVICE_FILTER.get(0) else { return };
+    if *filter & mac_filter_bit(mac) == 0 {
+        return;
+    }
+    // SAFETY: DEVICES is only written by user space, with whole values.
+    let Some(dev) = (unsafe { DEVICES.get(mac_key(mac)) }) else { return };
+    let device = dev.index;
+    let class = match parse_l3(pkt) {
+        Some(l3) => account_ip(pkt, &l3, device, direction),
+        None => PacketClass::Other,
+    };
+    count_class(device, direction, class);
+}
+
+#[inline(always)]
+fn parse_l3<P: Packet>(pkt: &P) -> Option<L3> {
+    let (proto, off) = ethernet::parse(pkt)?;
+    match proto {
+        ethernet::ETH_P_IPV4 => ipv4::parse(pkt, off),
+        ethernet::ETH_P_IPV6 => ipv6::parse(pkt, off),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> PacketClass {
+    let upload = direction == DIR_UPLOAD;
+    let mut key = DestKey {
+        addr: if upload { l3.dst } else { l3.src },
+        port: 0,
+        device: device as u8,
+        direction,
+        family: l3.family,
+        proto: l3.proto,
+        _pad: [0; 2],
+    };
+    if l3.later_fragment {
+        touch(&key, pkt.len());
+        return PacketClass::Other;
+    }
+    match l3.proto {
+        PROTO_TCP => {
+            let Some(seg) = tcp::parse(pkt, l3.l4_off, l3.l3_end) else { return PacketClass::Other };
+            key.port = if upload { seg.dport } else { seg.sport };
+            account_tcp(pkt, l3, &seg, &key)
+        }
+        PROTO_UDP => {
+            let Some((sport, dport)) = tcp::udp_ports(pkt, l3.l4_off) else { return PacketClass::Other };
+            key.port = if upload { dport } else { sport };
+            touch(&key, pkt.len());
+            if sport == DNS_PORT || dport == DNS_PORT { PacketClass::Dns } else { PacketClass::Other }
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            touch(&key, pkt.len());
+            PacketClass::Icmp
+        }
+        _ => {
+            touch(&key, pkt.len());
+            PacketClass::Other
+        }
+    }
+}
+
+#[inline(always)]
+fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey) -> PacketClass {
+    let Some(stats) = touch(key, pkt.len()) else { return PacketClass::OtherTcp };
+    stats.tcp_payload_bytes += seg.payload_len as u64;
+    let fkey = FlowKey {
+        src: l3.src,
+        dst: l3.dst,
+        sport: seg.sport,
+        dport: seg.dport,
+        family: l3.family,
+        direction: key.direction,
+        _pad: [0; 2],
+    };
+    if seg.flags & tcp::SYN != 0 {
+        let mut fresh = FlowState::default();
+        tls_records::on_syn(&mut fresh, seg.seq);
+        if FLOWS.insert(&fkey, &fresh, 0).is_ok() {
+            count_insert(INSERTS_FLOWS);
+        }
+    }
+    if seg.payload_len == 0 {
+        return if seg.flags & (tcp::SYN | tcp::FIN | tcp::RST) != 0 {
+            PacketClass::OtherTcp
+        } else {
+            PacketClass::Ack
+        };
+    }
+    // Payload after a SYN (TCP Fast Open) starts one past the ISN.
+    let seq = if seg.flags & tcp::SYN != 0 { seg.seq.wrapping_add(1) } else { seg.seq };
+    let Some(flow) = flow_state(&fkey, seq) else { return PacketClass::OtherTcp };
+    let mut t = Tally { stats, new_app: false, new_handshake: false, retransmitted: 0 };
+    let s = Segment { seq, len: seg.payload_len, payload_off: seg.payload_off };
+    let s = launder(s);
+    tls_records::on_segment(flow, pkt, &s, &mut t);
+    if t.retransmitted == seg.payload_len {
+        PacketClass::Retransmit
+    } else if t.new_app {
+        PacketClass::AppData
+    } else if t.new_handshake {
+        PacketClass::Handshake
+    } else {
+        PacketClass::OtherTcp
+    }
+}
+
+/// The flow's state, created unsynced at `seq` when the flow's SYN was not seen.
+#[inline(always)]
+fn flow_state(key: &FlowKey, seq: u32) -> Option<&'static mut FlowState> {
+    if let Some(p) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a valid map value pointer; see the concurrency note in maps.rs.
+        return Some(unsafe { &mut *p });
+    }
+    let mut fresh = FlowState::default();
+    tls_records::on_pickup(&mut fresh, seq);
+    if FLOWS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
+        count_insert(INSERTS_FLOWS);
+    }
+    // SAFETY: as above.
+    FLOWS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// The destination's counters (created on first use) with this packet counted.
+#[inline(always)]
+fn touch(key: &DestKey, wire: usize) -> Option<&'static mut DestStats> {
+    let p = match DEST_STATS.get_ptr_mut(key) {
+        Some(p) => p,
+        None => {
+            if DEST_STATS.insert(key, &DestStats::default(), BPF_NOEXIST as u64).is_ok() {
+                count_insert(INSERTS_DEST_STATS);
+            }
+            DEST_STATS.get_ptr_mut(key)?
+        }
+    };
+    // SAFETY: a valid per-CPU map value pointer, only used by this CPU.
+    let s = unsafe { &mut *p };
+    let now = now_ns();
+    if s.first_seen_ns == 0 {
+        s.first_seen_ns = now;
+    }
+    s.last_seen_ns = now;
+    s.packets += 1;
+    s.wire_bytes += wire as u64;
+    Some(s)
+}
+
+#[inline(always)]
+fn count_class(device: u32, direction: u8, class: PacketClass) {
+    let idx = device * DIRECTIONS + direction as u32;
+    if let Some(c) = CLASS_COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU value, used by this CPU only.
+        let c: &mut ClassCounters = unsafe { &mut *c };
+        c.packets[class as usize & 7] += 1;
+    }
+}
+
+#[inline(always)]
+fn count_insert(slot: u32) {
+    if let Some(c) = MAP_INSERTS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value, used by this CPU only.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Now, in nanoseconds: the replay clock when set, else the monotonic clock.
+#[inline(always)]
+fn now_ns() -> u64 {
+    match CLOCK.get(0) {
+        Some(&t) if t != 0 => t,
+        // SAFETY: a helper without preconditions.
+        _ => unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// Passes the segment through a per-CPU scratch slot, so that the verifier sees unknown
+/// scalars afterwards and verifies the record walker once, not once per parse path.
+#[inline(always)]
+fn launder(s: Segment) -> Segment {
+    let Some(p) = SCRATCH.get_ptr_mut(0) else { return s };
+    // SAFETY: per-CPU value, used by this CPU only; volatile so the round trip stays.
+    unsafe {
+        core::ptr::write_volatile(p, [s.seq, s.len, s.payload_off as u32, 0]);
+        let v = core::ptr::read_volatile(p);
+        Segment { seq: v[0], len: v[1], payload_off: v[2] as usize }
+    }
+}

@@ -1,0 +1,61 @@
+//! The programs' maps. Keys and values are defined in `echo-common`, sizes too.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+};
+use echo_common::{
+    ClassCounters, DestKey, DestStats, DeviceInfo, FlowKey, FlowState, DIRECTIONS,
+    DEST_STATS_ENTRIES, FLOW_TABLE_ENTRIES, INSERTS_SLOTS, MAX_DEVICES,
+};
+
+/// Monitored devices. Key: `mac_key(MAC)`; value: the device's dense index.
+/// Written by user space at start-up, read by the programs on every frame whose MAC passes
+/// `DEVICE_FILTER`. Bounded by `MAX_DEVICES`.
+#[map]
+pub static DEVICES: HashMap<[u8; 8], DeviceInfo> = HashMap::with_max_entries(MAX_DEVICES, 0);
+
+/// One-hash Bloom filter over the monitored MACs (`mac_filter_bit`), so a frame from any
+/// other MAC costs an inlined array read and a bit test instead of a hash lookup.
+/// Index 0 only. Written by user space with `DEVICES`; read by the programs on every frame.
+#[map]
+pub static DEVICE_FILTER: Array<u64> = Array::with_max_entries(1, 0);
+
+/// TCP flow table: where each direction of each connection stands in its TLS record stream.
+/// Key: the 5-tuple as the packet carries it plus the direction; value: walker state.
+/// Written and read by the programs on every TCP segment of a device; user space only counts
+/// its entries. LRU, bounded by `FLOW_TABLE_ENTRIES`; insertions counted in `MAP_INSERTS`.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+
+/// Byte and packet counters per (device, direction, remote address, port, protocol), one
+/// copy per CPU so that updates need no atomics. Written by the programs; read and summed by
+/// user space at scrape or replay time. LRU, bounded by `DEST_STATS_ENTRIES`; insertions
+/// counted in `MAP_INSERTS`.
+#[map]
+pub static DEST_STATS: LruPerCpuHashMap<DestKey, DestStats> =
+    LruPerCpuHashMap::with_max_entries(DEST_STATS_ENTRIES, 0);
+
+/// Packet-class counters, index `device * DIRECTIONS + direction`, per CPU.
+/// Written by the programs; read and summed by user space. Fixed size.
+#[map]
+pub static CLASS_COUNTERS: PerCpuArray<ClassCounters> =
+    PerCpuArray::with_max_entries(MAX_DEVICES * DIRECTIONS, 0);
+
+/// Successful insertions into each LRU map (index `INSERTS_*`), per CPU. User space derives
+/// evictions as insertions minus live entries. Written by the programs only.
+#[map]
+pub static MAP_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(INSERTS_SLOTS, 0);
+
+/// Clock override, index 0: when non-zero, the programs take this as "now" (nanoseconds)
+/// instead of `bpf_ktime_get_ns`. `echo-agent replay` sets it to each frame's capture time
+/// so that replayed first/last-seen times are the capture's. Zero in live operation.
+#[map]
+pub static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Scratch slot, index 0, per CPU: the program writes a segment's sequence number, length and
+/// payload offset and reads them back before walking records (see `accounting::launder`).
+/// Private to the program.
+#[map]
+pub static SCRATCH: PerCpuArray<[u32; 4]> = PerCpuArray::with_max_entries(1, 0);

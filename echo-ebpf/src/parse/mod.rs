@@ -1,0 +1,92 @@
+//! Header parsers, one file per header, in the style of xdp-tools' `parsing_helpers.h`:
+//! each takes the packet and the offset where its header starts, checks every access against
+//! the end of the packet right before it, and returns the fields it found plus the offset of
+//! the next header.
+
+pub mod ethernet;
+pub mod ipv4;
+pub mod ipv6;
+pub mod tcp;
+
+use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_load_bytes};
+
+/// Read access to a packet, implemented for XDP (direct access plus `bpf_xdp_load_bytes`) and
+/// TC (`bpf_skb_load_bytes`), so that parsers and the record walker are written once.
+pub trait Packet: Copy {
+    /// Reads a `T` at `off`, or `None` when it does not fit in the packet.
+    fn read<T: Copy>(&self, off: usize) -> Option<T>;
+    /// Copies `buf.len()` bytes at `off` into `buf` (a small stack buffer, so the offset can be
+    /// a variable without pointer arithmetic the verifier has to follow).
+    fn load(&self, off: usize, buf: &mut [u8]) -> bool;
+    /// Length of the whole packet in bytes.
+    fn len(&self) -> usize;
+}
+
+/// An XDP frame. Holds the context pointer by value so that `bpf_loop` callbacks can carry it.
+#[derive(Clone, Copy)]
+pub struct XdpPacket {
+    pub ctx: *mut xdp_md,
+}
+
+impl XdpPacket {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        // SAFETY: the context the kernel handed to the program.
+        unsafe { (*self.ctx).data as usize }
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        // SAFETY: as above.
+        unsafe { (*self.ctx).data_end as usize }
+    }
+}
+
+impl Packet for XdpPacket {
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        let start = self.data();
+        let end = self.data_end();
+        if start + off + core::mem::size_of::<T>() > end {
+            return None;
+        }
+        // SAFETY: bounds checked right above; the verifier checks it again.
+        Some(unsafe { ((start + off) as *const T).read_unaligned() })
+    }
+
+    #[inline(always)]
+    fn load(&self, off: usize, buf: &mut [u8]) -> bool {
+        // SAFETY: the helper checks the offset and length against the packet.
+        let ret = unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx,
+                off as u32,
+                buf.as_mut_ptr() as *mut _,
+                buf.len() as u32,
+            )
+        };
+        ret == 0
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+}
+
+/// Layer-3 facts every later stage needs.
+#[derive(Clone, Copy)]
+pub struct L3 {
+    pub family: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Transport protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// Offset of the transport header.
+    pub l4_off: usize,
+    /// Offset one past the IP packet's last byte, from its length field (Ethernet padding
+    /// excluded).
+    pub l3_end: usize,
+    /// A non-first fragment: the transport header is elsewhere.
+    pub later_fragment: bool,
+}

@@ -1,0 +1,526 @@
+//! TLS record walking over the TCP segments of one flow direction.
+//!
+//! # State machine
+//!
+//! Each flow direction keeps a [`FlowState`]: `seq_high` (one past the highest payload byte
+//! seen), a *main* [`Walker`] positioned at `seq_high`, and at most one *hole*: a gap
+//! `[hole_start, hole_end)` left when a later segment arrived first, with its own walker
+//! positioned at `hole_start`. A walker knows the sequence number of the next record header
+//! (`next_hdr`), the type of the record whose payload runs up to it (`cur_type`), and up to
+//! four bytes of a header split across segments (`hdr_buf`, `hdr_have`).
+//!
+//! A segment `[seq, end)` is cut into up to three parts:
+//!
+//! 1. Bytes before `seq_high` (`fill_old`). Those inside the hole are new: when they continue
+//!    the hole exactly at `hole_start` the hole walker counts them exactly, else they are
+//!    counted `unsynced`. All others were seen before: `retransmit_bytes`, never counted twice.
+//! 2. A gap between `seq_high` and the segment (`open_gap`). With no hole open, the gap
+//!    becomes the hole and the hole walker is a copy of the main walker. If the next header
+//!    lies at or beyond the segment (the gap sits inside one record's payload, the usual case
+//!    for bulk transfers) the main walker continues exactly; otherwise it loses sync
+//!    (`FLOW_UNSYNC_AFTER_HOLE`). With a hole already open, the gap's bytes are credited at once
+//!    (to the current record type when the walker knows it, else `unsynced`): they will arrive
+//!    later and then count as retransmitted.
+//! 3. New bytes from `max(seq, seq_high)` to `end`. A synced main walker walks them
+//!    (`walk`); an unsynced one first scans for a plausible record header (`resync`: type
+//!    20–23, version 0x0301–0x0304, length ≤ 2^14+256, confirmed by the following header when
+//!    that lies in the same segment) and counts the bytes before it as `unsynced_bytes`.
+//!
+//! When a hole is filled completely (`close_hole`) and the main walker had lost sync at its
+//! end, the hole walker now knows where the next header really is: if no header fell inside
+//! the bytes counted `unsynced` since, those bytes are moved to their record type and the main
+//! walker takes the hole walker's position. So two swapped segments inside one record are
+//! exact, and so are swapped segments whose first holds a header whenever the second does not.
+//!
+//! A flow seen from its SYN starts synced at `ISN + 1` with `FLOW_STREAM_START`; if its first
+//! bytes are not a record header it is not TLS (`FLOW_NOT_TLS`) and only TCP counters are
+//! kept. A flow first seen mid-stream (agent started during a connection) starts unsynced.
+
+use echo_common::{
+    seq_diff, seq_lt,
+    tls::{
+        plausible_header, CT_ALERT, CT_APPLICATION_DATA, CT_CHANGE_CIPHER_SPEC, CT_HANDSHAKE,
+        HEADER_LEN, MAX_RECORD_LEN, MAX_RESYNC_RECORD_LEN,
+    },
+    DestStats, FlowState, Walker, FLOW_HAS_HOLE, FLOW_NOT_TLS, FLOW_STREAM_START,
+    FLOW_UNSYNC_AFTER_HOLE,
+};
+
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
+
+use crate::parse::Packet;
+
+/// Steps one walk may take: one per record header plus one for the payload before the first.
+/// The shortest AEAD record is 22 bytes (5 header, 1 inner type, 16 tag), so a 1460-byte
+/// segment holds at most 66 records and a 64 KiB GSO super-packet (TC egress) 2,979. A
+/// segment with more (possible only with bogus tiny records) loses sync after this many
+/// steps and resyncs on a later segment.
+pub const MAX_WALK_STEPS: u32 = 3072;
+
+/// Offsets tried by one resync scan: a whole MTU-1500 segment. A longer segment that holds
+/// no plausible header within this many bytes stays unsynced until the next one.
+pub const MAX_RESYNC_SCAN: u32 = 1500;
+
+/// One TCP segment: sequence number of its first payload byte, payload length, and where
+/// the payload starts in the packet.
+pub struct Segment {
+    pub seq: u32,
+    pub len: u32,
+    pub payload_off: usize,
+}
+
+impl Segment {
+    #[inline(always)]
+    fn end(&self) -> u32 {
+        self.seq.wrapping_add(self.len)
+    }
+
+    /// Packet offset of the payload byte with sequence number `pos`.
+    #[inline(always)]
+    fn off(&self, pos: u32) -> usize {
+        self.payload_off + pos.wrapping_sub(self.seq) as usize
+    }
+}
+
+/// Counts the bytes of one segment into a destination's counters and remembers what kind of
+/// bytes it carried, for the packet class.
+pub struct Tally<'a> {
+    pub stats: &'a mut DestStats,
+    pub new_app: bool,
+    pub new_handshake: bool,
+    pub retransmitted: u32,
+}
+
+impl Tally<'_> {
+    #[inline(always)]
+    fn payload(&mut self, content_type: u8, n: u32) {
+        let n = n as u64;
+        let s = &mut *self.stats;
+        match content_type {
+            CT_APPLICATION_DATA => {
+                s.tls_app_bytes += n;
+                self.new_app = true;
+            }
+            CT_HANDSHAKE => {
+                s.handshake_bytes += n;
+                self.new_handshake = true;
+            }
+            CT_CHANGE_CIPHER_SPEC => {
+                s.ccs_bytes += n;
+                self.new_handshake = true;
+            }
+            CT_ALERT => s.alert_bytes += n,
+            _ => s.unsynced_bytes += n,
+        }
+    }
+
+    #[inline(always)]
+    fn record(&mut self, content_type: u8) {
+        match content_type {
+            CT_APPLICATION_DATA => self.stats.tls_app_records += 1,
+            CT_HANDSHAKE => self.stats.handshake_records += 1,
+            _ => {}
+        }
+    }
+
+    #[inline(always)]
+    fn unsynced(&mut self, n: u32) {
+        self.stats.unsynced_bytes += n as u64;
+    }
+
+    #[inline(always)]
+    fn retransmit(&mut self, n: u32) {
+        self.stats.retransmit_bytes += n as u64;
+        self.retransmitted += n;
+    }
+}
+
+/// Reads `N` bytes at `off` into a stack buffer.
+#[inline(always)]
+fn load_n<P: Packet, const N: usize>(pkt: &P, off: usize) -> Option<[u8; N]> {
+    let mut b = [0u8; N];
+    if pkt.load(off, &mut b) { Some(b) } else { None }
+}
+
+/// Completes the header at `w.next_hdr` from `w.hdr_buf` and the packet bytes at `off`.
+/// `None` when the packet does not hold the rest of it.
+#[inline(always)]
+fn complete_header<P: Packet>(w: &Walker, pkt: &P, off: usize) -> Option<[u8; 5]> {
+    let b = w.hdr_buf;
+    // One arm per split point keeps every load a constant size.
+    Some(match w.hdr_have {
+        0 => load_n::<P, 5>(pkt, off)?,
+        1 => {
+            let r = load_n::<P, 4>(pkt, off)?;
+            [b[0], r[0], r[1], r[2], r[3]]
+        }
+        2 => {
+            let r = load_n::<P, 3>(pkt, off)?;
+            [b[0], b[1], r[0], r[1], r[2]]
+        }
+        3 => {
+            let r = load_n::<P, 2>(pkt, off)?;
+            [b[0], b[1], b[2], r[0], r[1]]
+        }
+        _ => {
+            let r = load_n::<P, 1>(pkt, off)?;
+            [b[0], b[1], b[2], b[3], r[0]]
+        }
+    })
+}
+
+/// Why a walk stopped before the end of its bytes.
+pub enum Lost {
+    /// An implausible record header at this sequence number.
+    At(u32),
+}
+
+/// State of one walk, on the stack of the caller of `bpf_loop` and handed to `walk_step`.
+/// Loops run through `bpf_loop` so that the verifier checks one step, not every iteration:
+/// its scalars (positions) stay imprecise and the callback's states converge at once.
+#[repr(C)]
+struct WalkCtx<P: Packet> {
+    pkt: P,
+    w: *mut Walker,
+    stats: *mut DestStats,
+    seg_seq: u32,
+    payload_off: u32,
+    pos: u32,
+    end: u32,
+    headers: u32,
+    /// 1: reached `end`; 2: lost sync at `pos`; 0: ran out of steps.
+    outcome: u32,
+    new_app: u8,
+    new_handshake: u8,
+    _pad: [u8; 6],
+}
+
+const WALK_RUNNING: u32 = 0;
+const WALK_DONE: u32 = 1;
+const WALK_LOST: u32 = 2;
+
+/// Walks the bytes `[pos, end)` of `seg` with walker `w`, counting record payload bytes as
+/// they pass and records as their headers complete. Returns the headers parsed, or where the
+/// walker lost sync (it is then unsynced; the caller decides what the rest of the bytes are).
+#[inline(always)]
+fn walk<P: Packet>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u32, t: &mut Tally) -> Result<u32, Lost> {
+    let mut c = WalkCtx {
+        pkt: *pkt,
+        w: w as *mut Walker,
+        stats: t.stats as *mut DestStats,
+        seg_seq: seg.seq,
+        payload_off: seg.payload_off as u32,
+        pos,
+        end,
+        headers: 0,
+        outcome: WALK_RUNNING,
+        new_app: 0,
+        new_handshake: 0,
+        _pad: [0; 6],
+    };
+    // SAFETY: `walk_step::<P>` is a bpf_loop callback and `c` outlives the call.
+    unsafe {
+        bpf_loop(MAX_WALK_STEPS, walk_step::<P> as *const () as *mut c_void, &mut c as *mut WalkCtx<P> as *mut c_void, 0);
+    }
+    t.new_app |= c.new_app != 0;
+    t.new_handshake |= c.new_handshake != 0;
+    match c.outcome {
+        WALK_DONE => Ok(c.headers),
+        _ => {
+            // Lost sync, or more records than one walk may pass: give up on the rest.
+            w.synced = 0;
+            w.hdr_have = 0;
+            Err(Lost::At(c.pos))
+        }
+    }
+}
+
+/// One step of a walk: the payload up to the next header, then that header.
+/// Returns 0 to go on, 1 to stop (bpf_loop's convention).
+extern "C" fn walk_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the WalkCtx<P> given by `walk`, whose pointers are valid
+    // map values for the duration of the program.
+    let c = unsafe { &mut *(ctx as *mut WalkCtx<P>) };
+    let w = unsafe { &mut *c.w };
+    let stats = unsafe { &mut *c.stats };
+    let seg = Segment { seq: c.seg_seq, len: c.end.wrapping_sub(c.seg_seq), payload_off: c.payload_off as usize };
+    let mut t = Tally { stats, new_app: false, new_handshake: false, retransmitted: 0 };
+    let stop = step(w, &c.pkt, &seg, &mut c.pos, c.end, &mut t, &mut c.headers, &mut c.outcome);
+    c.new_app |= t.new_app as u8;
+    c.new_handshake |= t.new_handshake as u8;
+    stop as i64
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn step<P: Packet>(
+    w: &mut Walker,
+    pkt: &P,
+    seg: &Segment,
+    pos: &mut u32,
+    end: u32,
+    t: &mut Tally,
+    headers: &mut u32,
+    outcome: &mut u32,
+) -> bool {
+    // Payload of the record in progress.
+    if seq_lt(*pos, w.next_hdr) {
+        let to_hdr = w.next_hdr.wrapping_sub(*pos);
+        let left = end.wrapping_sub(*pos);
+        let n = if to_hdr < left { to_hdr } else { left };
+        t.payload(w.cur_type, n);
+        *pos = pos.wrapping_add(n);
+    }
+    let left = end.wrapping_sub(*pos);
+    if left == 0 {
+        *outcome = WALK_DONE;
+        return true;
+    }
+    // A header: `pos` is `next_hdr + hdr_have`.
+    let need = HEADER_LEN - w.hdr_have as u32;
+    if left < need {
+        // Split header: keep its first bytes (at most 4, as left < need <= 5).
+        let have = w.hdr_have as u32;
+        for i in 0..4u32 {
+            if i >= left {
+                break;
+            }
+            let Some(b) = load_n::<P, 1>(pkt, seg.off(pos.wrapping_add(i))) else {
+                break;
+            };
+            w.hdr_buf[((have + i) & 3) as usize] = b[0];
+        }
+        w.hdr_have = (have + left) as u8;
+        *pos = end;
+        *outcome = WALK_DONE;
+        return true;
+    }
+    let h = match complete_header(w, pkt, seg.off(*pos)) {
+        Some(h) if plausible_header(&h, MAX_RECORD_LEN) => h,
+        _ => {
+            *outcome = WALK_LOST;
+            return true;
+        }
+    };
+    let len = u16::from_be_bytes([h[3], h[4]]) as u32;
+    t.record(h[0]);
+    *headers += 1;
+    w.cur_type = h[0];
+    w.next_hdr = w.next_hdr.wrapping_add(HEADER_LEN + len);
+    w.hdr_have = 0;
+    *pos = pos.wrapping_add(need);
+    false
+}
+
+/// State of one resync scan, handed to `resync_step` by `bpf_loop`.
+#[repr(C)]
+struct ResyncCtx<P: Packet> {
+    pkt: P,
+    seg_seq: u32,
+    payload_off: u32,
+    pos: u32,
+    end: u32,
+    found: u32,
+    _pad: u32,
+}
+
+/// Scans `[pos, end)` for a plausible record header; returns its sequence number, or `end`.
+#[inline(always)]
+fn resync<P: Packet>(pkt: &P, seg: &Segment, pos: u32, end: u32) -> u32 {
+    let mut c = ResyncCtx { pkt: *pkt, seg_seq: seg.seq, payload_off: seg.payload_off as u32, pos, end, found: end, _pad: 0 };
+    // SAFETY: as in `walk`.
+    unsafe {
+        bpf_loop(MAX_RESYNC_SCAN, resync_step::<P> as *const () as *mut c_void, &mut c as *mut ResyncCtx<P> as *mut c_void, 0);
+    }
+    c.found
+}
+
+/// Tries the header candidate at `pos`; stops when it is plausible or no header fits.
+extern "C" fn resync_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the ResyncCtx<P> given by `resync`.
+    let c = unsafe { &mut *(ctx as *mut ResyncCtx<P>) };
+    let p = c.pos;
+    if seq_diff(c.end, p) < HEADER_LEN as i32 {
+        return 1;
+    }
+    let seg = Segment { seq: c.seg_seq, len: c.end.wrapping_sub(c.seg_seq), payload_off: c.payload_off as usize };
+    c.pos = p.wrapping_add(1);
+    let Some(h) = load_n::<P, 5>(&c.pkt, seg.off(p)) else { return 1 };
+    if !plausible_header(&h, MAX_RESYNC_RECORD_LEN) {
+        return 0;
+    }
+    let next = p.wrapping_add(HEADER_LEN + u16::from_be_bytes([h[3], h[4]]) as u32);
+    // Confirm with the next header when this segment holds it.
+    let confirmed = seq_diff(c.end, next) < HEADER_LEN as i32
+        || matches!(load_n::<P, 5>(&c.pkt, seg.off(next)), Some(h2) if plausible_header(&h2, MAX_RESYNC_RECORD_LEN));
+    if confirmed {
+        c.found = p;
+        return 1;
+    }
+    0
+}
+
+/// A fresh flow seen from its SYN: synced at the first payload byte.
+#[inline(always)]
+pub fn on_syn(f: &mut FlowState, isn: u32) {
+    let first = isn.wrapping_add(1);
+    *f = FlowState::default();
+    f.main.next_hdr = first;
+    f.main.synced = 1;
+    f.seq_high = first;
+    f.flags = FLOW_STREAM_START;
+}
+
+/// A flow first seen in the middle of its stream: unsynced from `seq` on.
+#[inline(always)]
+pub fn on_pickup(f: &mut FlowState, seq: u32) {
+    *f = FlowState::default();
+    f.seq_high = seq;
+}
+
+/// Accounts one segment with payload. See the module documentation.
+#[inline(always)]
+pub fn on_segment<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, t: &mut Tally) {
+    let end = seg.end();
+    let mut pos = seg.seq;
+    if seq_lt(pos, f.seq_high) {
+        let old_end = if seq_lt(end, f.seq_high) { end } else { f.seq_high };
+        fill_old(f, pkt, seg, pos, old_end, t);
+        pos = old_end;
+        if pos == end {
+            return;
+        }
+    }
+    if f.flags & FLOW_NOT_TLS != 0 {
+        f.seq_high = end;
+        return;
+    }
+    if seq_lt(f.seq_high, pos) {
+        open_gap(f, pos, t);
+    }
+    f.seq_high = end;
+    walk_new(f, pkt, seg, pos, end, t);
+}
+
+/// Part 3: new bytes `[pos, end)` for the main walker.
+#[inline(always)]
+fn walk_new<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, pos: u32, end: u32, t: &mut Tally) {
+    let mut pos = pos;
+    if f.main.synced == 0 {
+        let found = resync(pkt, seg, pos, end);
+        t.unsynced(found.wrapping_sub(pos));
+        if f.flags & FLOW_UNSYNC_AFTER_HOLE != 0 {
+            f.unsync_end = found;
+        }
+        if found == end {
+            return;
+        }
+        f.main = Walker { next_hdr: found, synced: 1, ..Walker::default() };
+        pos = found;
+    }
+    match walk(&mut f.main, pkt, seg, pos, end, t) {
+        Ok(headers) => {
+            if headers > 0 {
+                f.flags &= !FLOW_STREAM_START;
+            }
+        }
+        Err(Lost::At(at)) => {
+            if f.flags & FLOW_STREAM_START != 0 {
+                // The stream did not start with a record: not TLS.
+                f.flags = (f.flags & !FLOW_STREAM_START) | FLOW_NOT_TLS;
+            } else {
+                t.unsynced(end.wrapping_sub(at));
+            }
+        }
+    }
+}
+
+/// Part 1: bytes `[from, to)`, all before `seq_high`.
+#[inline(always)]
+fn fill_old<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, from: u32, to: u32, t: &mut Tally) {
+    let total = to.wrapping_sub(from);
+    if f.flags & FLOW_HAS_HOLE == 0 {
+        t.retransmit(total);
+        return;
+    }
+    let lo = if seq_lt(from, f.hole_start) { f.hole_start } else { from };
+    let hi = if seq_lt(f.hole_end, to) { f.hole_end } else { to };
+    if !seq_lt(lo, hi) {
+        t.retransmit(total);
+        return;
+    }
+    let fill = hi.wrapping_sub(lo);
+    t.retransmit(total - fill);
+    if lo != f.hole_start {
+        // A piece from the middle of the hole: one walker cannot follow two gaps. Count it
+        // and the rest of the hole above it as unsynced now; the hole shrinks to its head.
+        t.unsynced(f.hole_end.wrapping_sub(lo));
+        f.hole_end = lo;
+        return;
+    }
+    if f.hole.synced != 0 {
+        if let Err(Lost::At(at)) = walk(&mut f.hole, pkt, seg, lo, hi, t) {
+            t.unsynced(hi.wrapping_sub(at));
+        }
+    } else {
+        t.unsynced(fill);
+    }
+    f.hole_start = hi;
+    if hi == f.hole_end {
+        close_hole(f, t);
+    }
+}
+
+/// Part 2: the bytes `[seq_high, pos)` have not arrived yet.
+#[inline(always)]
+fn open_gap(f: &mut FlowState, pos: u32, t: &mut Tally) {
+    let m = &mut f.main;
+    // The gap lies inside the payload of the record in progress: the main walker stays exact.
+    let inside_record = m.synced != 0 && m.hdr_have == 0 && !seq_lt(m.next_hdr, pos);
+    if f.flags & FLOW_HAS_HOLE == 0 {
+        f.hole = *m;
+        f.hole_start = f.seq_high;
+        f.hole_end = pos;
+        f.flags |= FLOW_HAS_HOLE;
+        if m.synced != 0 && !inside_record {
+            m.synced = 0;
+            f.flags |= FLOW_UNSYNC_AFTER_HOLE;
+            f.unsync_start = pos;
+            f.unsync_end = pos;
+        }
+        return;
+    }
+    let gap = pos.wrapping_sub(f.seq_high);
+    if inside_record {
+        t.payload(m.cur_type, gap);
+    } else {
+        t.unsynced(gap);
+        m.synced = 0;
+    }
+}
+
+/// The hole is filled: re-attribute bytes counted unsynced after it, if the hole walker
+/// proves they were payload of one record.
+#[inline(always)]
+fn close_hole(f: &mut FlowState, t: &mut Tally) {
+    let after_hole = f.flags & FLOW_UNSYNC_AFTER_HOLE != 0;
+    f.flags &= !(FLOW_HAS_HOLE | FLOW_UNSYNC_AFTER_HOLE);
+    let h = f.hole;
+    if !after_hole || h.synced == 0 || h.hdr_have != 0 || f.unsync_start != f.hole_end {
+        return;
+    }
+    if seq_lt(h.next_hdr, f.unsync_end) {
+        // A header fell inside the unsynced bytes: they stay unsynced.
+        return;
+    }
+    let main_lost = f.main.synced == 0;
+    if !main_lost && h.next_hdr != f.unsync_end {
+        return;
+    }
+    let n = f.unsync_end.wrapping_sub(f.unsync_start);
+    t.stats.unsynced_bytes = t.stats.unsynced_bytes.wrapping_sub(n as u64);
+    t.payload(h.cur_type, n);
+    if main_lost {
+        f.main = h;
+    }
+}
