@@ -18,9 +18,9 @@
 //!    becomes the hole and the hole walker is a copy of the main walker. If the next header
 //!    lies at or beyond the segment (the gap sits inside one record's payload, the usual case
 //!    for bulk transfers) the main walker continues exactly; otherwise it loses sync
-//!    (`FLOW_UNSYNC_AFTER_HOLE`). With a hole already open, the gap's bytes are credited at once
-//!    (to the current record type when the walker knows it, else `unsynced`): they will arrive
-//!    later and then count as retransmitted.
+//!    (`FLOW_UNSYNC_AFTER_HOLE`). With a hole already open, a second gap is not remembered:
+//!    the main walker goes on when it can, and the gap's bytes will count as retransmitted
+//!    when they arrive (the one case where record bytes are knowingly missed).
 //! 3. New bytes from `max(seq, seq_high)` to `end`. A synced main walker walks them
 //!    (`walk`); an unsynced one first scans for a plausible record header (`resync`: type
 //!    20–23, version 0x0301–0x0304, length ≤ 2^14+256, confirmed by the following header when
@@ -60,6 +60,11 @@ pub const MAX_WALK_STEPS: u32 = 3072;
 /// Offsets tried by one resync scan: a whole MTU-1500 segment. A longer segment that holds
 /// no plausible header within this many bytes stays unsynced until the next one.
 pub const MAX_RESYNC_SCAN: u32 = 1500;
+
+/// Largest jump in sequence numbers still taken as the same stream: 64 MiB, above the
+/// largest receive window Linux grants by default (`tcp_rmem` max 6 MiB, 32 MiB when tuned).
+/// It also bounds every hole and every gap, so sequence comparisons never wrap.
+pub const MAX_SEQ_JUMP: i32 = 1 << 26;
 
 /// One TCP segment: sequence number of its first payload byte, payload length, and where
 /// the payload starts in the packet.
@@ -170,9 +175,11 @@ fn complete_header<P: Packet>(w: &Walker, pkt: &P, off: usize) -> Option<[u8; 5]
 }
 
 /// Why a walk stopped before the end of its bytes.
-pub enum Lost {
-    /// An implausible record header at this sequence number.
-    At(u32),
+pub struct Lost {
+    /// Sequence number of the implausible header (or of the first byte not walked).
+    pub at: u32,
+    /// Headers parsed before.
+    pub headers: u32,
 }
 
 /// State of one walk, on the stack of the caller of `bpf_loop` and handed to `walk_step`.
@@ -230,7 +237,7 @@ fn walk<P: Packet>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u32, t
             // Lost sync, or more records than one walk may pass: give up on the rest.
             w.synced = 0;
             w.hdr_have = 0;
-            Err(Lost::At(c.pos))
+            Err(Lost { at: c.pos, headers: c.headers })
         }
     }
 }
@@ -383,6 +390,12 @@ pub fn on_pickup(f: &mut FlowState, seq: u32) {
 pub fn on_segment<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, t: &mut Tally) {
     let end = seg.end();
     let mut pos = seg.seq;
+    let ahead = seq_diff(pos, f.seq_high);
+    if ahead > MAX_SEQ_JUMP || ahead < -MAX_SEQ_JUMP {
+        // No window is this large: a new stream on the same 4-tuple whose SYN we missed, or
+        // garbage. Start over as a mid-stream pickup.
+        on_pickup(f, pos);
+    }
     if seq_lt(pos, f.seq_high) {
         let old_end = if seq_lt(end, f.seq_high) { end } else { f.seq_high };
         fill_old(f, pkt, seg, pos, old_end, t);
@@ -396,7 +409,7 @@ pub fn on_segment<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, t: &mut 
         return;
     }
     if seq_lt(f.seq_high, pos) {
-        open_gap(f, pos, t);
+        open_gap(f, pos);
     }
     f.seq_high = end;
     walk_new(f, pkt, seg, pos, end, t);
@@ -418,19 +431,20 @@ fn walk_new<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, pos: u32, end:
         f.main = Walker { next_hdr: found, synced: 1, ..Walker::default() };
         pos = found;
     }
-    match walk(&mut f.main, pkt, seg, pos, end, t) {
-        Ok(headers) => {
-            if headers > 0 {
-                f.flags &= !FLOW_STREAM_START;
-            }
-        }
-        Err(Lost::At(at)) => {
-            if f.flags & FLOW_STREAM_START != 0 {
-                // The stream did not start with a record: not TLS.
-                f.flags = (f.flags & !FLOW_STREAM_START) | FLOW_NOT_TLS;
-            } else {
-                t.unsynced(end.wrapping_sub(at));
-            }
+    let (headers, lost) = match walk(&mut f.main, pkt, seg, pos, end, t) {
+        Ok(headers) => (headers, None),
+        Err(Lost { at, headers }) => (headers, Some(at)),
+    };
+    let at_start = f.flags & FLOW_STREAM_START != 0;
+    if headers > 0 {
+        f.flags &= !FLOW_STREAM_START;
+    }
+    if let Some(at) = lost {
+        if at_start && headers == 0 {
+            // The stream did not start with a record: not TLS.
+            f.flags = (f.flags & !FLOW_STREAM_START) | FLOW_NOT_TLS;
+        } else {
+            t.unsynced(end.wrapping_sub(at));
         }
     }
 }
@@ -452,14 +466,15 @@ fn fill_old<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, from: u32, to:
     let fill = hi.wrapping_sub(lo);
     t.retransmit(total - fill);
     if lo != f.hole_start {
-        // A piece from the middle of the hole: one walker cannot follow two gaps. Count it
-        // and the rest of the hole above it as unsynced now; the hole shrinks to its head.
-        t.unsynced(f.hole_end.wrapping_sub(lo));
+        // A piece from the middle of the hole: one walker cannot follow two gaps. It counts
+        // as unsynced and the hole shrinks to its head; bytes between this piece and the old
+        // hole end will count as retransmitted.
+        t.unsynced(fill);
         f.hole_end = lo;
         return;
     }
     if f.hole.synced != 0 {
-        if let Err(Lost::At(at)) = walk(&mut f.hole, pkt, seg, lo, hi, t) {
+        if let Err(Lost { at, .. }) = walk(&mut f.hole, pkt, seg, lo, hi, t) {
             t.unsynced(hi.wrapping_sub(at));
         }
     } else {
@@ -473,7 +488,7 @@ fn fill_old<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, from: u32, to:
 
 /// Part 2: the bytes `[seq_high, pos)` have not arrived yet.
 #[inline(always)]
-fn open_gap(f: &mut FlowState, pos: u32, t: &mut Tally) {
+fn open_gap(f: &mut FlowState, pos: u32) {
     let m = &mut f.main;
     // The gap lies inside the payload of the record in progress: the main walker stays exact.
     let inside_record = m.synced != 0 && m.hdr_have == 0 && !seq_lt(m.next_hdr, pos);
@@ -490,11 +505,9 @@ fn open_gap(f: &mut FlowState, pos: u32, t: &mut Tally) {
         }
         return;
     }
-    let gap = pos.wrapping_sub(f.seq_high);
-    if inside_record {
-        t.payload(m.cur_type, gap);
-    } else {
-        t.unsynced(gap);
+    // A second gap while the hole is open: one hole is all a flow keeps. The main walker
+    // goes on when it can; the gap's bytes will count as retransmitted when they arrive.
+    if !inside_record {
         m.synced = 0;
     }
 }

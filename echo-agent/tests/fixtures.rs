@@ -1,0 +1,300 @@
+//! Table-driven packet fixtures through BPF_PROG_TEST_RUN (after Katran's test fixtures):
+//! each states the exact counters the XDP program must produce.
+
+use echo_agent::{counters, device::Mac, loader::Programs, replay};
+use echo_common::{DestStats, PacketClass, DIR_UPLOAD, PACKET_CLASSES};
+use xtask::packets::{tls_stream, Ip, TcpFrame, ACK, DEVICE_MAC, PSH, SYN};
+
+const ISN: u32 = 0xffff_ff00; // close to wrapping, so sequence arithmetic wraps mid-fixture
+const APP: u8 = 23;
+const HS: u8 = 22;
+const CCS: u8 = 20;
+
+/// What one fixture must leave in the maps for 10.77.2.10:443 (or the only TCP destination).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Expect {
+    app: u64,
+    app_records: u64,
+    handshake: u64,
+    ccs: u64,
+    retransmit: u64,
+    unsynced: u64,
+}
+
+/// Runs `frames` through a freshly loaded program; returns the TCP destination's counters
+/// (None when there is none) and the device's upload packet classes.
+fn run(frames: &[Vec<u8>]) -> (Option<DestStats>, [u64; PACKET_CLASSES]) {
+    let mut progs = Programs::load().expect("load programs (root needed)");
+    progs.set_devices(&[Mac(DEVICE_MAC)]).unwrap();
+    for f in frames {
+        assert_eq!(replay::run_one(&progs, f).unwrap(), 2, "XDP_PASS, always");
+    }
+    let snap = counters::read(&progs.ebpf).unwrap();
+    let tcp: Vec<_> = snap.dests.iter().filter(|(k, _)| k.proto == 6).collect();
+    assert!(tcp.len() <= 1, "one TCP destination per fixture: {tcp:?}");
+    (tcp.first().map(|(_, s)| *s), snap.classes_of(0, DIR_UPLOAD))
+}
+
+fn got(s: &DestStats) -> Expect {
+    Expect {
+        app: s.tls_app_bytes,
+        app_records: s.tls_app_records,
+        handshake: s.handshake_bytes,
+        ccs: s.ccs_bytes,
+        retransmit: s.retransmit_bytes,
+        unsynced: s.unsynced_bytes,
+    }
+}
+
+/// SYN, then `stream` cut at `cuts` (offsets into the stream), sent in `order`
+/// (indices of the pieces; all pieces in order when empty).
+fn flow(stream: &[u8], cuts: &[usize], order: &[usize], shape: impl Fn(&mut TcpFrame)) -> Vec<Vec<u8>> {
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(stream.len());
+    let pieces: Vec<(u32, Vec<u8>)> = bounds
+        .windows(2)
+        .map(|w| (ISN.wrapping_add(1).wrapping_add(w[0] as u32), stream[w[0]..w[1]].to_vec()))
+        .collect();
+    let order: Vec<usize> = if order.is_empty() { (0..pieces.len()).collect() } else { order.to_vec() };
+    let mut syn = TcpFrame::upload_v4(ISN, SYN, Vec::new());
+    shape(&mut syn);
+    let mut frames = vec![syn.build()];
+    for i in order {
+        let mut f = TcpFrame::upload_v4(pieces[i].0, ACK | PSH, pieces[i].1.clone());
+        shape(&mut f);
+        frames.push(f.build());
+    }
+    frames
+}
+
+fn plain(_: &mut TcpFrame) {}
+
+fn check(name: &str, frames: Vec<Vec<u8>>, want: Expect) {
+    let payload: u64 = frames.iter().map(|f| payload_len(f)).sum();
+    let (stats, _) = run(&frames);
+    let s = stats.unwrap_or_else(|| panic!("{name}: no destination counted"));
+    assert_eq!(got(&s), want, "{name}");
+    assert_eq!(s.tcp_payload_bytes, payload, "{name}: TCP payload");
+    assert_eq!(s.packets, frames.len() as u64, "{name}: packets");
+    assert_eq!(s.wire_bytes, frames.iter().map(|f| f.len() as u64).sum::<u64>(), "{name}: wire bytes");
+}
+
+/// TCP payload length of a frame built by `TcpFrame` (32-byte TCP header).
+fn payload_len(f: &[u8]) -> u64 {
+    let mut off = 12;
+    while matches!(u16::from_be_bytes([f[off], f[off + 1]]), 0x8100 | 0x88a8) {
+        off += 4;
+    }
+    let (ethertype, l3) = (u16::from_be_bytes([f[off], f[off + 1]]), off + 2);
+    let l4 = if ethertype == 0x0800 {
+        l3 + (f[l3] as usize & 0xf) * 4
+    } else {
+        // Walk the extension headers (all of the 8-byte-unit kind in these fixtures).
+        let mut next = f[l3 + 6];
+        let mut p = l3 + 40;
+        while next != 6 {
+            next = f[p];
+            p += (f[p + 1] as usize + 1) * 8;
+        }
+        p
+    };
+    (f.len() - l4 - 32) as u64
+}
+
+fn app(n: u64, records: u64) -> Expect {
+    Expect { app: n, app_records: records, ..Default::default() }
+}
+
+#[test]
+fn records_in_one_segment() {
+    check("1 record", flow(&tls_stream(&[(APP, 100)]), &[], &[], plain), app(100, 1));
+    check("2 records", flow(&tls_stream(&[(APP, 100), (APP, 200)]), &[], &[], plain), app(300, 2));
+    let sixty = vec![(APP, 17); 60];
+    check("60 records", flow(&tls_stream(&sixty), &[], &[], plain), app(60 * 17, 60));
+}
+
+#[test]
+fn header_split_at_every_offset() {
+    let stream = tls_stream(&[(APP, 100), (APP, 50)]);
+    for k in 1..=4 {
+        check(&format!("header split after {k} bytes"), flow(&stream, &[105 + k], &[], plain), app(150, 2));
+    }
+}
+
+#[test]
+fn record_of_16k_over_12_segments() {
+    let stream = tls_stream(&[(APP, 16384)]);
+    let step = stream.len().div_ceil(12);
+    let cuts: Vec<usize> = (1..12).map(|i| i * step).collect();
+    check("16 KiB record, 12 segments", flow(&stream, &cuts, &[], plain), app(16384, 1));
+}
+
+#[test]
+fn handshake_ccs_and_app_data_are_counted_apart() {
+    let stream = tls_stream(&[(HS, 200), (CCS, 1), (APP, 300)]);
+    let want = Expect { app: 300, app_records: 1, handshake: 200, ccs: 1, ..Default::default() };
+    check("handshake, CCS, app data", flow(&stream, &[150], &[], plain), want);
+}
+
+#[test]
+fn retransmitted_header_segment_is_not_counted_twice() {
+    let stream = tls_stream(&[(APP, 100), (APP, 100)]);
+    let want = Expect { retransmit: 105, ..app(200, 2) };
+    check("retransmission", flow(&stream, &[105], &[0, 1, 1], plain), want);
+}
+
+#[test]
+fn swapped_segments_inside_one_record() {
+    let stream = tls_stream(&[(APP, 3000)]);
+    check("swap inside a record", flow(&stream, &[1000, 2000], &[0, 2, 1], plain), app(3000, 1));
+}
+
+#[test]
+fn swapped_segments_with_the_header_in_the_hole() {
+    // Headers at 0, 1005, 2010; the late piece [1200, 2400) holds the one at 2010.
+    let stream = tls_stream(&[(APP, 1000), (APP, 1000), (APP, 1000)]);
+    check("swap, header in the hole", flow(&stream, &[1200, 2400], &[0, 2, 1], plain), app(3000, 3));
+}
+
+#[test]
+fn swapped_segments_with_a_header_in_the_early_piece() {
+    // Headers at 0, 1005, 1110; the piece that arrives early, [1050, 1615), holds 1110.
+    let stream = tls_stream(&[(APP, 1000), (APP, 100), (APP, 500)]);
+    check("swap, header in the early piece", flow(&stream, &[500, 1050], &[0, 2, 1], plain), app(1600, 3));
+}
+
+#[test]
+fn mid_stream_pickup_resyncs_on_the_next_header() {
+    let stream = tls_stream(&[(APP, 1000), (APP, 200)]);
+    // No SYN: the program first sees the flow 500 bytes into the first record.
+    let f = TcpFrame::upload_v4(ISN.wrapping_add(501), ACK | PSH, stream[500..].to_vec());
+    let want = Expect { unsynced: 505, ..app(200, 1) };
+    check("mid-stream pickup", vec![f.build()], want);
+}
+
+#[test]
+fn bogus_record_length_loses_sync_explicitly() {
+    let mut stream = tls_stream(&[(APP, 100)]);
+    stream.extend_from_slice(&[APP, 3, 3, 0xff, 0xff]); // 65535 > 2^14 + 2048
+    stream.extend_from_slice(&[0u8; 45]);
+    let want = Expect { unsynced: 50, ..app(100, 1) };
+    check("bogus length", flow(&stream, &[], &[], plain), want);
+}
+
+#[test]
+fn ipv4_options_ipv6_extension_headers_and_vlan_tags() {
+    let stream = tls_stream(&[(APP, 700), (APP, 300)]);
+    let want = app(1000, 2);
+    let options = |f: &mut TcpFrame| {
+        if let Ip::V4 { options, .. } = &mut f.ip {
+            *options = vec![1, 1, 1, 1, 0x94, 4, 0, 0]; // NOPs, router alert
+        }
+    };
+    check("IPv4 options", flow(&stream, &[400], &[], options), want);
+    let v6 = |f: &mut TcpFrame| {
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&[0xfd, 0x77, 0, 1]);
+        src[15] = 2;
+        let mut dst = src;
+        dst[3] = 2;
+        dst[15] = 0x10;
+        // Hop-by-hop (router alert) then destination options (PadN).
+        f.ip = Ip::V6 { src, dst, ext: vec![(0, vec![5, 2, 0, 0, 1, 0]), (60, vec![1, 4, 0, 0, 0, 0])] };
+    };
+    check("IPv6 hop-by-hop + destination options", flow(&stream, &[400], &[], v6), want);
+    check("one VLAN tag", flow(&stream, &[400], &[], |f| f.vlans = vec![(0x8100, 7)]), want);
+    check("two VLAN tags", flow(&stream, &[400], &[], |f| f.vlans = vec![(0x88a8, 100), (0x8100, 7)]), want);
+}
+
+#[test]
+fn other_macs_pass_untouched_and_uncounted() {
+    let frames = flow(&tls_stream(&[(APP, 100)]), &[], &[], |f| f.src_mac = [2, 0, 0, 0, 0, 9]);
+    let (stats, classes) = run(&frames);
+    assert_eq!(stats, None);
+    assert_eq!(classes, [0; PACKET_CLASSES]);
+}
+
+#[test]
+fn non_tls_flow_counts_tcp_only() {
+    let frames = flow(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &[], &[], plain);
+    let (stats, classes) = run(&frames);
+    let s = stats.unwrap();
+    assert_eq!(got(&s), Expect::default());
+    assert_eq!(s.tcp_payload_bytes, 27);
+    assert_eq!(classes[PacketClass::OtherTcp as usize], 2);
+}
+
+#[test]
+fn truncated_frames_at_every_header_boundary_are_class_other() {
+    let full = flow(&tls_stream(&[(APP, 100)]), &[], &[], plain).pop().unwrap();
+    // Ethernet+IPv4 = 34, +TCP = 66; cut inside and at each boundary, and one byte short.
+    let cuts = [14, 20, 33, 34, 40, 53, 54, 65, 66, full.len() - 1];
+    let frames: Vec<Vec<u8>> = cuts.iter().map(|&n| full[..n].to_vec()).collect();
+    let (stats, classes) = run(&frames);
+    assert_eq!(stats, None);
+    let mut want = [0; PACKET_CLASSES];
+    want[PacketClass::Other as usize] = cuts.len() as u64;
+    assert_eq!(classes, want);
+}
+
+#[test]
+fn packet_classes() {
+    let stream = tls_stream(&[(HS, 300), (APP, 100)]);
+    let mut frames = flow(&stream, &[305], &[0, 1, 1], plain); // SYN, handshake, app, retransmission
+    frames.push(TcpFrame::upload_v4(ISN.wrapping_add(1 + stream.len() as u32), ACK, Vec::new()).build());
+    let (_, classes) = run(&frames);
+    let mut want = [0; PACKET_CLASSES];
+    want[PacketClass::OtherTcp as usize] = 1;
+    want[PacketClass::Handshake as usize] = 1;
+    want[PacketClass::AppData as usize] = 1;
+    want[PacketClass::Retransmit as usize] = 1;
+    want[PacketClass::Ack as usize] = 1;
+    assert_eq!(classes, want);
+}
+
+/// 100,000 random and mutated frames: every verdict XDP_PASS, no error, and the counters stay
+/// consistent (TLS bytes never exceed the TCP payload seen).
+#[test]
+fn malformed_frames_always_pass() {
+    let mut progs = Programs::load().unwrap();
+    progs.set_devices(&[Mac(DEVICE_MAC)]).unwrap();
+    let seeds: Vec<Vec<u8>> = [
+        flow(&tls_stream(&[(HS, 200), (APP, 1000), (APP, 50)]), &[300, 700], &[], plain),
+        flow(&tls_stream(&[(APP, 500)]), &[], &[], |f| f.vlans = vec![(0x8100, 3)]),
+    ]
+    .concat();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for i in 0..100_000u32 {
+        let mut f = if i % 10 == 0 {
+            // Random bytes behind the device's MAC.
+            let len = 14 + (next() % 1500) as usize;
+            let mut f: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            f[6..12].copy_from_slice(&DEVICE_MAC);
+            f
+        } else {
+            seeds[(next() % seeds.len() as u64) as usize].clone()
+        };
+        for _ in 0..(1 + next() % 4) {
+            let pos = (next() % f.len() as u64) as usize;
+            f[pos] = next() as u8;
+        }
+        if next() % 4 == 0 {
+            let len = 14 + (next() % (f.len() as u64 - 13)) as usize;
+            f.truncate(len);
+        }
+        assert_eq!(replay::run_one(&progs, &f).unwrap(), 2, "frame {i}: {f:02x?}");
+    }
+    let snap = counters::read(&progs.ebpf).unwrap();
+    for (k, s) in &snap.dests {
+        let tls = s.tls_app_bytes + s.handshake_bytes + s.ccs_bytes + s.alert_bytes + s.unsynced_bytes;
+        assert!(tls <= s.tcp_payload_bytes, "{k:?}: {s:?}");
+    }
+    eprintln!("verifier: {:?} instructions processed for echo_xdp", progs.xdp_verified_insns());
+}

@@ -1,0 +1,122 @@
+//! Hand-built Ethernet frames for table-driven fixtures (test_run) and benchmarks.
+
+/// The simulated Echo's MAC in every test topology and fixture.
+pub const DEVICE_MAC: [u8; 6] = [0x02, 0xec, 0x40, 0x00, 0x00, 0x01];
+/// The hotspot side of the device link.
+pub const HOTSPOT_MAC: [u8; 6] = [0x02, 0xec, 0x40, 0x00, 0x01, 0x01];
+
+#[derive(Clone, Debug)]
+pub enum Ip {
+    V4 { src: [u8; 4], dst: [u8; 4], options: Vec<u8> },
+    /// `ext`: extension headers as (type, body); each body is padded to its header's length unit.
+    V6 { src: [u8; 16], dst: [u8; 16], ext: Vec<(u8, Vec<u8>)> },
+}
+
+/// A TCP segment in an Ethernet frame, optionally VLAN-tagged.
+#[derive(Clone, Debug)]
+pub struct TcpFrame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// (TPID, VID) per tag, outermost first.
+    pub vlans: Vec<(u16, u16)>,
+    pub ip: Ip,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub flags: u8,
+    pub payload: Vec<u8>,
+}
+
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
+
+impl TcpFrame {
+    /// A device → 10.77.2.10:443 segment over IPv4.
+    pub fn upload_v4(seq: u32, flags: u8, payload: Vec<u8>) -> Self {
+        TcpFrame {
+            src_mac: DEVICE_MAC,
+            dst_mac: HOTSPOT_MAC,
+            vlans: Vec::new(),
+            ip: Ip::V4 { src: [10, 77, 1, 2], dst: [10, 77, 2, 10], options: Vec::new() },
+            sport: 40000,
+            dport: 443,
+            seq,
+            flags,
+            payload,
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(64 + self.payload.len());
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        for (tpid, vid) in &self.vlans {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&vid.to_be_bytes());
+        }
+        let mut tcp = Vec::with_capacity(20 + self.payload.len());
+        tcp.extend_from_slice(&self.sport.to_be_bytes());
+        tcp.extend_from_slice(&self.dport.to_be_bytes());
+        tcp.extend_from_slice(&self.seq.to_be_bytes());
+        tcp.extend_from_slice(&1u32.to_be_bytes()); // ack number
+        // Data offset 8 words: 12 bytes of options (NOP NOP timestamps), as Linux sends.
+        tcp.push(8 << 4);
+        tcp.push(self.flags);
+        tcp.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, checksum, urgent
+        tcp.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        tcp.extend_from_slice(&self.payload);
+        match &self.ip {
+            Ip::V4 { src, dst, options } => {
+                f.extend_from_slice(&0x0800u16.to_be_bytes());
+                let hlen = 20 + options.len();
+                assert!(hlen % 4 == 0 && hlen <= 60, "IPv4 options pad to 4 bytes, 40 at most");
+                let total = (hlen + tcp.len()) as u16;
+                f.push(0x40 | (hlen / 4) as u8);
+                f.push(0);
+                f.extend_from_slice(&total.to_be_bytes());
+                f.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+                f.extend_from_slice(src);
+                f.extend_from_slice(dst);
+                f.extend_from_slice(options);
+            }
+            Ip::V6 { src, dst, ext } => {
+                f.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let mut chain = Vec::new();
+                let first = ext.first().map_or(6, |e| e.0);
+                for (i, (_, body)) in ext.iter().enumerate() {
+                    let next = ext.get(i + 1).map_or(6, |e| e.0);
+                    // Body padded so that the header is a multiple of 8 bytes.
+                    let len = (2 + body.len()).div_ceil(8) * 8;
+                    chain.push(next);
+                    chain.push((len / 8 - 1) as u8);
+                    chain.extend_from_slice(body);
+                    chain.resize(chain.len() + len - 2 - body.len(), 0);
+                }
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&((chain.len() + tcp.len()) as u16).to_be_bytes());
+                f.push(first);
+                f.push(64);
+                f.extend_from_slice(src);
+                f.extend_from_slice(dst);
+                f.extend_from_slice(&chain);
+            }
+        }
+        f.extend_from_slice(&tcp);
+        f
+    }
+}
+
+/// A TLS record: header with `content_type`, version 0x0303 and `len`, then `len` filler bytes.
+pub fn tls_record(content_type: u8, len: usize) -> Vec<u8> {
+    let mut r = vec![content_type, 3, 3];
+    r.extend_from_slice(&(len as u16).to_be_bytes());
+    r.extend((0..len).map(|i| (i * 7 + 0x41) as u8));
+    r
+}
+
+/// Concatenated records of `(content_type, len)`.
+pub fn tls_stream(records: &[(u8, usize)]) -> Vec<u8> {
+    records.iter().flat_map(|&(ct, len)| tls_record(ct, len)).collect()
+}
