@@ -1,3 +1,8 @@
 //! Test support shared by echo-agent's tests, the demo and the benchmarks: hand-built frames,
-//! network-namespace topologies, real TLS peers, and Wireshark ground truth.
+//! network-namespace topologies, real TLS peers, captures and Wireshark ground truth.
+pub mod capture;
+pub mod demo;
+pub mod netns;
 pub mod packets;
+pub mod tls;
+pub mod tshark;

@@ -1,1 +1,78 @@
-fn main() {}
+//! `cargo xtask setup | build | test | demo`.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Result};
+use setup::run_checked;
+use clap::{Parser, Subcommand};
+
+mod setup;
+
+#[derive(Parser)]
+#[command(about = "echo-agent's developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install every prerequisite (idempotent; a second run takes seconds).
+    Setup,
+    /// Build the eBPF programs and echo-agent (release).
+    Build,
+    /// Run every test: unit, test_run fixtures, namespace integration and differential tests.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the simulated household.
+    Demo,
+}
+
+/// `cargo` with what the eBPF build needs: RUSTC_BOOTSTRAP for -Z build-std on stable.
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.env("RUSTC_BOOTSTRAP", "1");
+    c
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root: it loads eBPF programs and creates network namespaces");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => setup::run().and_then(|()| {
+            let mut c = cargo();
+            c.args(["build", "--release", "-p", "echo-agent"]);
+            run_checked(&mut c)
+        }),
+        Cmd::Test { args } => setup::run().and_then(|()| require_root("cargo xtask test")).and_then(|()| {
+            xtask::netns::remove_stale();
+            let mut c = cargo();
+            c.args(["test", "--workspace", "--release", "--"]).args(args);
+            run_checked(&mut c)
+        }),
+        Cmd::Demo => setup::run().and_then(|()| require_root("cargo xtask demo")).and_then(|()| {
+            let mut c = cargo();
+            c.args(["build", "--release", "-p", "echo-agent"]);
+            run_checked(&mut c)?;
+            xtask::demo::run()
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
