@@ -36,7 +36,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            // One line: the first line of each cause (a verifier log stays out of it).
+            let msg: Vec<String> = e.chain().map(|c| c.to_string().lines().next().unwrap_or("").to_string()).collect();
             eprintln!("echo-agent: {}", msg.join(": "));
             ExitCode::from(exit_code(&e))
         }

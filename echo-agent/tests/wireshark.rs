@@ -81,6 +81,13 @@ fn differential(name: &str, mtu: u32, clients: Vec<Client>) {
         assert!(truth.contains_key(&(d.ip, d.port)), "{name}: {}:{} counted but not in tshark", d.ip, d.port);
     }
     assert!(total > 0, "{name}: no application data");
+    // The same capture as pcapng (editcap, from Wireshark) replays to the same document.
+    let ng = pcap.with_extension("pcapng");
+    let st = std::process::Command::new("editcap").args(["-F", "pcapng"]).arg(&pcap).arg(&ng).status().expect("editcap");
+    assert!(st.success());
+    let report_ng = replay::replay(&ng, &[mac]).expect("replay pcapng");
+    assert_eq!(report_ng.devices, report.devices, "{name}: pcapng replay");
+    let _ = std::fs::remove_file(&ng);
     if std::env::var_os("ECHO_KEEP_PCAP").is_none() {
         let _ = std::fs::remove_file(&pcap);
     }
