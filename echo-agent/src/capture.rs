@@ -2,7 +2,7 @@
 
 use std::{fs::File, path::Path};
 
-use pcap_parser::{create_reader, Block, Linktype, PcapBlockOwned, PcapError};
+use pcap_parser::{create_reader, traits::PcapNGPacketBlock, Block, Linktype, PcapBlockOwned, PcapError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -56,11 +56,12 @@ pub fn for_each_frame(path: &Path, mut frame: impl FnMut(u64, &[u8])) -> Result<
                         let (per_sec, off) = interfaces.get(epb.if_id as usize).copied().unwrap_or((1_000_000, 0));
                         let ticks = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
                         let ns = (ticks as u128 * NS as u128 / per_sec.max(1) as u128) as u64;
-                        frame(ns.saturating_add_signed(off.saturating_mul(NS as i64)), epb.data);
+                        // packet_data(): the captured bytes without the block's padding to 32 bits.
+                        frame(ns.saturating_add_signed(off.saturating_mul(NS as i64)), epb.packet_data());
                         count += 1;
                     }
                     PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
-                        frame(0, spb.data);
+                        frame(0, spb.packet_data());
                         count += 1;
                     }
                     PcapBlockOwned::NG(_) => {}
