@@ -1,9 +1,6 @@
 //! Reads the programs' counter maps and sums their per-CPU copies.
 
-use aya::{
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
-    Ebpf,
-};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use echo_common::{
     ClassCounters, DestKey, DestStats, FlowKey, FlowState, DIRECTIONS, INSERTS_DEST_STATS,
     INSERTS_FLOWS, MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_FLOWS, MAP_INSERTS, PACKET_CLASSES,
@@ -36,11 +33,19 @@ impl Snapshot {
     }
 }
 
-fn map<'a>(ebpf: &'a Ebpf, name: &str) -> &'a aya::maps::Map {
-    ebpf.map(name).unwrap_or_else(|| panic!("the object defines map {name}"))
+use crate::loader::MapSource;
+
+fn map<'a>(maps: &'a impl MapSource, name: &str) -> &'a aya::maps::Map {
+    maps.map_named(name).unwrap_or_else(|| panic!("the object defines map {name}"))
 }
 
-pub fn read(ebpf: &Ebpf) -> Result<Snapshot, MapError> {
+/// Sums a per-CPU array slot over CPUs.
+pub fn per_cpu_sum(maps: &impl MapSource, name: &str, slot: u32) -> Result<u64, MapError> {
+    let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(maps, name))?;
+    Ok(arr.get(&slot, 0)?.iter().sum())
+}
+
+pub fn read(ebpf: &impl MapSource) -> Result<Snapshot, MapError> {
     let stats: PerCpuHashMap<&MapData, DestKey, DestStats> = PerCpuHashMap::try_from(map(ebpf, MAP_DEST_STATS))?;
     let mut dests = Vec::new();
     for entry in stats.iter() {
@@ -61,8 +66,7 @@ pub fn read(ebpf: &Ebpf) -> Result<Snapshot, MapError> {
         classes.push(sum);
     }
 
-    let inserts: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, MAP_INSERTS))?;
-    let sum_slot = |slot: u32| -> Result<u64, MapError> { Ok(inserts.get(&slot, 0)?.iter().sum()) };
+    let sum_slot = |slot: u32| per_cpu_sum(ebpf, MAP_INSERTS, slot);
     let flows: HashMap<&MapData, FlowKey, FlowState> = HashMap::try_from(map(ebpf, MAP_FLOWS))?;
     Ok(Snapshot {
         dests,

@@ -1,20 +1,28 @@
-//! Loads the echo-ebpf programs and configures their maps.
+//! Loads the echo-ebpf programs (optionally reusing maps pinned by an earlier agent) and
+//! configures their maps. Attaching lives in `attach`, the pin directory in `pins`.
+
+use std::path::Path;
 
 use aya::{
-    maps::{Array, HashMap, MapError},
-    programs::{ProgramError, Xdp},
-    Ebpf, EbpfError,
+    maps::{Array, HashMap, Map, MapError},
+    programs::{ProgramError, SchedClassifier, Xdp},
+    Ebpf, EbpfError, EbpfLoader,
 };
-use echo_common::{mac_filter_bit, mac_key, DeviceInfo, MAP_CLOCK, MAP_DEVICES, MAP_DEVICE_FILTER, MAX_DEVICES};
+use echo_common::{
+    mac_filter_bit, mac_key, DeviceInfo, MarkerInfo, MarkerKey, MAP_CLOCK, MAP_DEVICES,
+    MAP_DEVICE_FILTER, MAP_MARKERS, MAP_MARKERS_ON, MAX_DEVICES, MAX_MARKERS,
+};
 use thiserror::Error;
 
-use crate::device::Mac;
+use crate::{device::Mac, pins};
 
 /// The programs, compiled for the BPF target by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/echo-ebpf"));
 
 /// Name of the XDP (upload) program in the object.
 pub const XDP_PROGRAM: &str = "echo_xdp";
+/// Name of the TC egress (download) program in the object.
+pub const TC_PROGRAM: &str = "echo_tc";
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -28,9 +36,14 @@ pub enum LoadError {
     Map(&'static str, #[source] MapError),
     #[error("at most {MAX_DEVICES} devices can be monitored, {0} given")]
     TooManyDevices(usize),
+    #[error("at most {MAX_MARKERS} marker addresses can be configured, {0} given")]
+    TooManyMarkers(usize),
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
 }
 
-fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+/// True when `e` or one of its sources is EPERM: missing privileges, not a bad program.
+pub fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
@@ -43,20 +56,68 @@ fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The loaded object with its XDP program loaded into the kernel (not attached).
+/// The parsed object file: map definitions (names, sizes) without loading anything.
+pub fn object() -> aya_obj::Object {
+    aya_obj::Object::parse(OBJECT).expect("the embedded object parses")
+}
+
+/// Maps every frame in a program's way, read by the agent through `MapSource`.
+pub trait MapSource {
+    fn map_named(&self, name: &str) -> Option<&Map>;
+}
+
+impl MapSource for Ebpf {
+    fn map_named(&self, name: &str) -> Option<&Map> {
+        self.map(name)
+    }
+}
+
+/// Maps taken out of the `Ebpf` object, so a scrape thread can own them.
+#[derive(Default)]
+pub struct MapSet(std::collections::HashMap<String, Map>);
+
+impl MapSource for MapSet {
+    fn map_named(&self, name: &str) -> Option<&Map> {
+        self.0.get(name)
+    }
+}
+
+/// The loaded object with both programs loaded into the kernel (not attached).
 pub struct Programs {
     pub ebpf: Ebpf,
 }
 
 impl Programs {
+    /// Loads with private maps (replay, tests).
     pub fn load() -> Result<Self, LoadError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| if is_eperm(&e) { LoadError::Privileges } else { LoadError::Object(e) })?;
-        let xdp: &mut Xdp = ebpf
-            .program_mut(XDP_PROGRAM)
-            .expect("the object defines echo_xdp")
-            .try_into()
-            .expect("echo_xdp is an XDP program");
-        xdp.load().map_err(|e| if is_eperm(&e) { LoadError::Privileges } else { LoadError::Program(XDP_PROGRAM, e) })?;
+        Self::load_with(&mut EbpfLoader::new())
+    }
+
+    /// Loads reusing the maps pinned in `dir` when their layout matches, pinning fresh ones
+    /// otherwise. Returns what had to be recreated, for the log.
+    pub fn load_pinned(dir: &Path) -> Result<(Self, Vec<String>), LoadError> {
+        let obj = object();
+        let notes = pins::check_layout(dir, &obj)?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&'static str, std::path::PathBuf)> =
+            pins::PINNED_MAPS.iter().map(|&name| (name, dir.join(name))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Ok((Self::load_with(&mut loader)?, notes))
+    }
+
+    fn load_with(loader: &mut EbpfLoader) -> Result<Self, LoadError> {
+        let privileges = |e: &(dyn std::error::Error + 'static)| is_eperm(e);
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| if privileges(&e) { LoadError::Privileges } else { LoadError::Object(e) })?;
+        let program_err = |name, e: ProgramError| if privileges(&e) { LoadError::Privileges } else { LoadError::Program(name, e) };
+        let xdp: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).expect("the object defines echo_xdp").try_into().expect("XDP");
+        xdp.load().map_err(|e| program_err(XDP_PROGRAM, e))?;
+        let tc: &mut SchedClassifier =
+            ebpf.program_mut(TC_PROGRAM).expect("the object defines echo_tc").try_into().expect("classifier");
+        tc.load().map_err(|e| program_err(TC_PROGRAM, e))?;
         Ok(Programs { ebpf })
     }
 
@@ -64,35 +125,96 @@ impl Programs {
         self.ebpf.program(XDP_PROGRAM).expect("loaded").try_into().expect("XDP")
     }
 
-    /// Makes `devices` the monitored devices, with indices in the given order.
-    pub fn set_devices(&mut self, devices: &[Mac]) -> Result<(), LoadError> {
+    pub fn xdp_mut(&mut self) -> &mut Xdp {
+        self.ebpf.program_mut(XDP_PROGRAM).expect("loaded").try_into().expect("XDP")
+    }
+
+    pub fn tc(&self) -> &SchedClassifier {
+        self.ebpf.program(TC_PROGRAM).expect("loaded").try_into().expect("classifier")
+    }
+
+    pub fn tc_mut(&mut self) -> &mut SchedClassifier {
+        self.ebpf.program_mut(TC_PROGRAM).expect("loaded").try_into().expect("classifier")
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> &mut Map {
+        self.ebpf.map_mut(name).unwrap_or_else(|| panic!("the object defines map {name}"))
+    }
+
+    /// Makes `devices` the monitored devices. A device keeps the index it had in the (pinned)
+    /// map, so counters of a restarted agent stay with their device whatever the flag order;
+    /// devices no longer listed are removed. Returns each device's index, in `devices` order.
+    pub fn set_devices(&mut self, devices: &[Mac]) -> Result<Vec<u32>, LoadError> {
         if devices.len() > MAX_DEVICES as usize {
             return Err(LoadError::TooManyDevices(devices.len()));
         }
         let map_err = |e| LoadError::Map(MAP_DEVICES, e);
-        let mut map: HashMap<_, [u8; 8], DeviceInfo> =
-            HashMap::try_from(self.ebpf.map_mut(MAP_DEVICES).expect("DEVICES exists")).map_err(map_err)?;
-        let mut filter = 0u64;
-        for (index, mac) in devices.iter().enumerate() {
-            map.insert(mac_key(mac.0), DeviceInfo { index: index as u32, _reserved: 0 }, 0).map_err(map_err)?;
-            filter |= mac_filter_bit(mac.0);
+        let mut map: HashMap<_, [u8; 8], DeviceInfo> = HashMap::try_from(self.map_mut(MAP_DEVICES)).map_err(map_err)?;
+        let existing: Vec<([u8; 8], DeviceInfo)> = map.iter().collect::<Result<_, _>>().map_err(map_err)?;
+        let wanted: Vec<[u8; 8]> = devices.iter().map(|m| mac_key(m.0)).collect();
+        for (key, _) in existing.iter().filter(|(k, _)| !wanted.contains(k)) {
+            map.remove(key).map_err(map_err)?;
         }
-        let mut arr: Array<_, u64> = Array::try_from(self.ebpf.map_mut(MAP_DEVICE_FILTER).expect("DEVICE_FILTER exists"))
-            .map_err(|e| LoadError::Map(MAP_DEVICE_FILTER, e))?;
-        arr.set(0, filter, 0).map_err(|e| LoadError::Map(MAP_DEVICE_FILTER, e))
+        let mut used: Vec<u32> =
+            existing.iter().filter(|(k, _)| wanted.contains(k)).map(|(_, v)| v.index).collect();
+        let mut indices = Vec::with_capacity(devices.len());
+        let mut filter = 0u64;
+        for (mac, key) in devices.iter().zip(&wanted) {
+            let index = match existing.iter().find(|(k, _)| k == key) {
+                Some((_, v)) => v.index,
+                None => {
+                    let free = (0..MAX_DEVICES).find(|i| !used.contains(i)).expect("at most MAX_DEVICES devices");
+                    used.push(free);
+                    free
+                }
+            };
+            map.insert(key, DeviceInfo { index, _reserved: 0 }, 0).map_err(map_err)?;
+            filter |= mac_filter_bit(mac.0);
+            indices.push(index);
+        }
+        let mut arr: Array<_, u64> =
+            Array::try_from(self.map_mut(MAP_DEVICE_FILTER)).map_err(|e| LoadError::Map(MAP_DEVICE_FILTER, e))?;
+        arr.set(0, filter, 0).map_err(|e| LoadError::Map(MAP_DEVICE_FILTER, e))?;
+        Ok(indices)
+    }
+
+    /// Makes `markers` (address, family) the marker addresses; slot = position in the list.
+    pub fn set_markers(&mut self, markers: &[MarkerKey]) -> Result<(), LoadError> {
+        if markers.len() > MAX_MARKERS as usize {
+            return Err(LoadError::TooManyMarkers(markers.len()));
+        }
+        let map_err = |e| LoadError::Map(MAP_MARKERS, e);
+        let mut map: HashMap<_, MarkerKey, MarkerInfo> = HashMap::try_from(self.map_mut(MAP_MARKERS)).map_err(map_err)?;
+        let old: Vec<MarkerKey> = map.keys().collect::<Result<_, _>>().map_err(map_err)?;
+        for k in old.iter().filter(|k| !markers.contains(k)) {
+            map.remove(k).map_err(map_err)?;
+        }
+        for (slot, key) in markers.iter().enumerate() {
+            map.insert(key, MarkerInfo { slot: slot as u32 }, 0).map_err(map_err)?;
+        }
+        let mut on: Array<_, u32> =
+            Array::try_from(self.map_mut(MAP_MARKERS_ON)).map_err(|e| LoadError::Map(MAP_MARKERS_ON, e))?;
+        on.set(0, !markers.is_empty() as u32, 0).map_err(|e| LoadError::Map(MAP_MARKERS_ON, e))
     }
 
     /// Sets the programs' clock override (0: the kernel's monotonic clock).
     pub fn set_clock(&mut self, ns: u64) -> Result<(), LoadError> {
-        let mut arr: Array<_, u64> = Array::try_from(self.ebpf.map_mut(MAP_CLOCK).expect("CLOCK exists"))
-            .map_err(|e| LoadError::Map(MAP_CLOCK, e))?;
+        let mut arr: Array<_, u64> = Array::try_from(self.map_mut(MAP_CLOCK)).map_err(|e| LoadError::Map(MAP_CLOCK, e))?;
         arr.set(0, ns, 0).map_err(|e| LoadError::Map(MAP_CLOCK, e))
     }
-}
 
-impl Programs {
+    /// Takes the named maps out of the object (for a thread that reads them on its own).
+    pub fn take_maps(&mut self, names: &[&str]) -> MapSet {
+        MapSet(names.iter().filter_map(|&n| self.ebpf.take_map(n).map(|m| (n.to_string(), m))).collect())
+    }
+
     /// Instructions the verifier processed when loading the XDP program.
     pub fn xdp_verified_insns(&self) -> Option<u32> {
         self.xdp().info().ok().and_then(|i| i.verified_instruction_count())
+    }
+
+    /// Instructions the verifier processed when loading the TC program.
+    pub fn tc_verified_insns(&self) -> Option<u32> {
+        self.tc().info().ok().and_then(|i| i.verified_instruction_count())
     }
 }

@@ -1,11 +1,14 @@
-//! `echo-agent replay`: runs a capture through the same XDP program the live agent attaches,
+//! `echo-agent replay`: runs a capture through the same programs the live agent attaches,
 //! with BPF_PROG_TEST_RUN, then reads the same maps.
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use anyhow::{Context as _, Result};
-use aya::programs::{TestRun, TestRunOptions};
-use echo_common::{DestKey, DestStats, CLASS_NAMES, DIR_UPLOAD, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use aya::{
+    maps::RingBuf,
+    programs::{TestRun, TestRunOptions},
+};
+use echo_common::{DestKey, DestStats, Event, CLASS_NAMES, MAP_EVENTS, DIR_DOWNLOAD, DIR_UPLOAD, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 use serde::Serialize;
 
 use crate::{capture, counters, device::Mac, gso, loader::Programs};
@@ -25,27 +28,55 @@ pub struct Report {
 pub struct DeviceReport {
     pub mac: String,
     pub destinations: Vec<Destination>,
-    pub classes: BTreeMap<&'static str, u64>,
+    /// Packet classes per direction ("upload", "download").
+    pub classes: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
 }
 
+/// One remote endpoint (address, port, protocol) of a device.
 #[derive(Debug, Serialize, PartialEq, Clone)]
 pub struct Destination {
     pub ip: IpAddr,
     pub port: u16,
     pub protocol: String,
-    pub upload_tls_app_bytes: u64,
-    pub upload_tls_records: u64,
-    pub upload_handshake_bytes: u64,
-    pub upload_ccs_bytes: u64,
-    pub upload_alert_bytes: u64,
-    pub upload_tcp_payload_bytes: u64,
-    pub upload_packets: u64,
-    pub upload_wire_bytes: u64,
-    pub upload_retransmit_bytes: u64,
-    pub upload_unsynced_bytes: u64,
-    /// Capture time (epoch seconds) of the first and last upload packet.
+    pub upload: Counts,
+    pub download: Counts,
+}
+
+/// One direction's counters; zero when nothing went that way.
+#[derive(Debug, Serialize, PartialEq, Clone, Default)]
+pub struct Counts {
+    pub tls_app_bytes: u64,
+    pub tls_records: u64,
+    pub handshake_bytes: u64,
+    pub ccs_bytes: u64,
+    pub alert_bytes: u64,
+    pub tcp_payload_bytes: u64,
+    pub packets: u64,
+    pub wire_bytes: u64,
+    pub retransmit_bytes: u64,
+    pub unsynced_bytes: u64,
+    /// Capture time (epoch seconds) of the first and last packet; 0 when none.
     pub first_seen: f64,
     pub last_seen: f64,
+}
+
+impl From<&DestStats> for Counts {
+    fn from(s: &DestStats) -> Self {
+        Counts {
+            tls_app_bytes: s.tls_app_bytes,
+            tls_records: s.tls_app_records,
+            handshake_bytes: s.handshake_bytes,
+            ccs_bytes: s.ccs_bytes,
+            alert_bytes: s.alert_bytes,
+            tcp_payload_bytes: s.tcp_payload_bytes,
+            packets: s.packets,
+            wire_bytes: s.wire_bytes,
+            retransmit_bytes: s.retransmit_bytes,
+            unsynced_bytes: s.unsynced_bytes,
+            first_seen: s.first_seen_ns as f64 / 1e9,
+            last_seen: s.last_seen_ns as f64 / 1e9,
+        }
+    }
 }
 
 pub fn key_ip(k: &DestKey) -> IpAddr {
@@ -65,28 +96,29 @@ pub fn protocol_name(proto: u8) -> String {
     }
 }
 
-fn destination(k: &DestKey, s: &DestStats) -> Destination {
-    Destination {
-        ip: key_ip(k),
-        port: k.port,
-        protocol: protocol_name(k.proto),
-        upload_tls_app_bytes: s.tls_app_bytes,
-        upload_tls_records: s.tls_app_records,
-        upload_handshake_bytes: s.handshake_bytes,
-        upload_ccs_bytes: s.ccs_bytes,
-        upload_alert_bytes: s.alert_bytes,
-        upload_tcp_payload_bytes: s.tcp_payload_bytes,
-        upload_packets: s.packets,
-        upload_wire_bytes: s.wire_bytes,
-        upload_retransmit_bytes: s.retransmit_bytes,
-        upload_unsynced_bytes: s.unsynced_bytes,
-        first_seen: s.first_seen_ns as f64 / 1e9,
-        last_seen: s.last_seen_ns as f64 / 1e9,
+/// Destinations of `device`, both directions merged per (address, port, protocol).
+fn destinations(snap: &counters::Snapshot, device: u32) -> Vec<Destination> {
+    let mut out: BTreeMap<(IpAddr, u16, u8), Destination> = BTreeMap::new();
+    for (k, s) in snap.dests.iter().filter(|(k, _)| k.device as u32 == device) {
+        let d = out.entry((key_ip(k), k.port, k.proto)).or_insert_with(|| Destination {
+            ip: key_ip(k),
+            port: k.port,
+            protocol: protocol_name(k.proto),
+            upload: Counts::default(),
+            download: Counts::default(),
+        });
+        *(if k.direction == DIR_UPLOAD { &mut d.upload } else { &mut d.download }) = Counts::from(s);
     }
+    out.into_values().collect()
 }
 
-/// Runs every frame (cut into wire segments, see `gso`) through the XDP program.
-pub fn run_frames(progs: &mut Programs, path: &Path) -> Result<(u64, u64)> {
+/// Runs every frame (cut into wire segments, see `gso`) through the program that sees it
+/// live: XDP for frames from a device (and any other frame arriving on the interface), TC
+/// egress for frames to a device.
+/// Returns the frame count, the count of frames too short to run, and the programs' events.
+pub fn run_frames(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result<(u64, u64, Vec<Event>)> {
+    let mut ring = RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).context("the object defines EVENTS")?)?;
+    let mut events = Vec::new();
     let mut short = 0u64;
     let mut failure: Option<anyhow::Error> = None;
     let mut last_ts = 0u64;
@@ -108,8 +140,12 @@ pub fn run_frames(progs: &mut Programs, path: &Path) -> Result<(u64, u64)> {
         }
         gso::for_each_segment(frame, |seg| {
             if failure.is_none() {
-                if let Err(e) = run_one(progs, seg) {
+                if let Err(e) = run_one(progs, seg, devices) {
                     failure = Some(e);
+                }
+                // Drained after every run, so the ring buffer never fills in replay.
+                while let Some(item) = ring.next() {
+                    events.extend(parse_event(&item));
                 }
             }
         });
@@ -118,13 +154,24 @@ pub fn run_frames(progs: &mut Programs, path: &Path) -> Result<(u64, u64)> {
         return Err(e);
     }
     progs.set_clock(0)?;
-    Ok((frames, short))
+    Ok((frames, short, events))
 }
 
-/// One frame through the XDP program; returns its verdict.
-pub fn run_one(progs: &Programs, frame: &[u8]) -> Result<u32> {
+/// An event as the programs wrote it; `None` for a record of another size.
+pub fn parse_event(bytes: &[u8]) -> Option<Event> {
+    (bytes.len() == std::mem::size_of::<Event>())
+        // SAFETY: Event is plain old data of exactly this size; read_unaligned copes with
+        // the ring buffer's 8-byte alignment.
+        .then(|| unsafe { (bytes.as_ptr() as *const Event).read_unaligned() })
+}
+
+/// One frame through the program that would see it live; returns its verdict.
+pub fn run_one(progs: &Programs, frame: &[u8], devices: &[Mac]) -> Result<u32> {
     let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
-    let r = progs.xdp().test_run(opts).with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
+    let to_device = frame.len() >= 6 && devices.iter().any(|m| m.0 == frame[..6]);
+    let from_device = frame.len() >= 12 && devices.iter().any(|m| m.0 == frame[6..12]);
+    let r = if to_device && !from_device { progs.tc().test_run(opts) } else { progs.xdp().test_run(opts) };
+    let r = r.with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
     Ok(r.return_value)
 }
 
@@ -135,14 +182,11 @@ pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64)
         .iter()
         .enumerate()
         .map(|(i, mac)| {
-            let destinations = snap
-                .dests
-                .iter()
-                .filter(|(k, _)| k.device as usize == i && k.direction == DIR_UPLOAD)
-                .map(|(k, s)| destination(k, s))
+            let classes = [("upload", DIR_UPLOAD), ("download", DIR_DOWNLOAD)]
+                .into_iter()
+                .map(|(name, dir)| (name, CLASS_NAMES.iter().copied().zip(snap.classes_of(i as u32, dir)).collect()))
                 .collect();
-            let classes = CLASS_NAMES.iter().copied().zip(snap.classes_of(i as u32, DIR_UPLOAD)).collect();
-            DeviceReport { mac: mac.to_string(), destinations, classes }
+            DeviceReport { mac: mac.to_string(), destinations: destinations(&snap, i as u32), classes }
         })
         .collect();
     Ok(Report { frames, short_frames, devices })
@@ -152,7 +196,7 @@ pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64)
 pub fn replay(path: &Path, devices: &[Mac]) -> Result<Report> {
     let mut progs = Programs::load()?;
     progs.set_devices(devices)?;
-    let (frames, short) = run_frames(&mut progs, path)?;
+    let (frames, short, _events) = run_frames(&mut progs, path, devices)?;
     report(&progs, devices, frames, short)
 }
 
@@ -162,22 +206,30 @@ pub fn table(r: &Report) -> String {
     let mut s = String::new();
     for d in &r.devices {
         let _ = writeln!(s, "device {}", d.mac);
-        let _ = writeln!(s, "  {:<40} {:>5} {:>14} {:>8} {:>10} {:>10} {:>10}", "destination", "proto", "tls_app_bytes", "records", "handshake", "retransmit", "unsynced");
+        let _ = writeln!(
+            s,
+            "  {:<40} {:>5} {:>12} {:>8} {:>12} {:>8} {:>10} {:>10} {:>10}",
+            "destination", "proto", "upload_tls", "records", "download_tls", "records", "handshake", "retransmit", "unsynced"
+        );
         for x in &d.destinations {
             let _ = writeln!(
                 s,
-                "  {:<40} {:>5} {:>14} {:>8} {:>10} {:>10} {:>10}",
+                "  {:<40} {:>5} {:>12} {:>8} {:>12} {:>8} {:>10} {:>10} {:>10}",
                 format!("{}:{}", x.ip, x.port),
                 x.protocol,
-                x.upload_tls_app_bytes,
-                x.upload_tls_records,
-                x.upload_handshake_bytes,
-                x.upload_retransmit_bytes,
-                x.upload_unsynced_bytes
+                x.upload.tls_app_bytes,
+                x.upload.tls_records,
+                x.download.tls_app_bytes,
+                x.download.tls_records,
+                x.upload.handshake_bytes + x.download.handshake_bytes,
+                x.upload.retransmit_bytes + x.download.retransmit_bytes,
+                x.upload.unsynced_bytes + x.download.unsynced_bytes
             );
         }
-        let classes: Vec<String> = d.classes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = writeln!(s, "  packets: {}", classes.join(" "));
+        for (dir, classes) in &d.classes {
+            let classes: Vec<String> = classes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "  {dir} packets: {}", classes.join(" "));
+        }
     }
     s
 }

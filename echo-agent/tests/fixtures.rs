@@ -27,7 +27,7 @@ fn run(frames: &[Vec<u8>]) -> (Option<DestStats>, [u64; PACKET_CLASSES]) {
     let mut progs = Programs::load().expect("load programs (root needed)");
     progs.set_devices(&[Mac(DEVICE_MAC)]).unwrap();
     for f in frames {
-        assert_eq!(replay::run_one(&progs, f).unwrap(), 2, "XDP_PASS, always");
+        assert_eq!(replay::run_one(&progs, f, &[Mac(DEVICE_MAC)]).unwrap(), 2, "XDP_PASS, always");
     }
     let snap = counters::read(&progs.ebpf).unwrap();
     let tcp: Vec<_> = snap.dests.iter().filter(|(k, _)| k.proto == 6).collect();
@@ -289,7 +289,7 @@ fn malformed_frames_always_pass() {
             let len = 14 + (next() % (f.len() as u64 - 13)) as usize;
             f.truncate(len);
         }
-        assert_eq!(replay::run_one(&progs, &f).unwrap(), 2, "frame {i}: {f:02x?}");
+        assert_eq!(replay::run_one(&progs, &f, &[Mac(DEVICE_MAC)]).unwrap(), 2, "frame {i}: {f:02x?}");
     }
     let snap = counters::read(&progs.ebpf).unwrap();
     for (k, s) in &snap.dests {

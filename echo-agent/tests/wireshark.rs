@@ -1,6 +1,7 @@
 //! Differential tests against Wireshark: real TLS stacks (rustls, OpenSSL) upload known
 //! amounts inside test namespaces, tcpdump captures on the hotspot, tshark computes the
-//! truth, `replay` runs the same capture through the XDP program. Zero bytes of difference.
+//! truth, `replay` runs the same capture through the XDP (upload) and TC (download) programs.
+//! Zero bytes of difference, both directions.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -10,7 +11,7 @@ use xtask::{
     netns::{server_v4, server_v6, tls_addr, Topology, SERVERS},
     packets::DEVICE_MAC,
     tls::{openssl_upload, rustls_upload, TlsServer, Version},
-    tshark,
+    tshark::{self, Direction},
 };
 
 enum Client {
@@ -58,29 +59,38 @@ fn differential(name: &str, mtu: u32, clients: Vec<Client>) {
 
     let mac = Mac(DEVICE_MAC);
     eprintln!("{name}: capture {}", pcap.display());
-    let truth = tshark::totals(&pcap, &mac.to_string()).expect("tshark");
     let report = replay::replay(&pcap, &[mac]).expect("replay");
     let ours = &report.devices[0].destinations;
-    assert!(!truth.is_empty(), "{name}: tshark saw no traffic");
-    let mut total = 0;
-    for ((ip, port), t) in &truth {
-        let d = ours.iter().find(|d| d.ip == *ip && d.port == *port && d.protocol == "tcp").unwrap_or_else(|| panic!("{name}: {ip}:{port} not counted"));
-        let diff = d.upload_tls_app_bytes as i64 - t.app_bytes as i64;
-        eprintln!(
-            "{name}: {ip}:{port} tshark app={} records={} handshake={} payload={} | echo app={} records={} handshake={} payload={} unsynced={} | diff={diff}",
-            t.app_bytes, t.app_records, t.handshake_bytes, t.tcp_payload_bytes, d.upload_tls_app_bytes, d.upload_tls_records, d.upload_handshake_bytes, d.upload_tcp_payload_bytes, d.upload_unsynced_bytes
-        );
-        assert_eq!(d.upload_tls_app_bytes, t.app_bytes, "{name}: {ip}:{port} app-data bytes");
-        assert_eq!(d.upload_tls_records, t.app_records, "{name}: {ip}:{port} app-data records");
-        assert_eq!(d.upload_handshake_bytes, t.handshake_bytes, "{name}: {ip}:{port} handshake bytes");
-        assert_eq!(d.upload_tcp_payload_bytes, t.tcp_payload_bytes, "{name}: {ip}:{port} TCP payload");
-        assert_eq!(d.upload_unsynced_bytes, 0, "{name}: {ip}:{port} unsynced");
-        total += t.app_bytes;
+    for dir in [Direction::Upload, Direction::Download] {
+        let truth = tshark::totals(&pcap, &mac.to_string(), dir).expect("tshark");
+        assert!(!truth.is_empty(), "{name}: tshark saw no {dir:?} traffic");
+        let mut total = 0;
+        for ((ip, port), t) in &truth {
+            let d = ours
+                .iter()
+                .find(|d| d.ip == *ip && d.port == *port && d.protocol == "tcp")
+                .unwrap_or_else(|| panic!("{name}: {ip}:{port} not counted"));
+            let c = if dir == Direction::Upload { &d.upload } else { &d.download };
+            let diff = c.tls_app_bytes as i64 - t.app_bytes as i64;
+            eprintln!(
+                "{name}: {dir:?} {ip}:{port} tshark app={} records={} handshake={} payload={} | echo app={} records={} handshake={} payload={} unsynced={} | diff={diff}",
+                t.app_bytes, t.app_records, t.handshake_bytes, t.tcp_payload_bytes, c.tls_app_bytes, c.tls_records, c.handshake_bytes, c.tcp_payload_bytes, c.unsynced_bytes
+            );
+            assert_eq!(c.tls_app_bytes, t.app_bytes, "{name}: {dir:?} {ip}:{port} app-data bytes");
+            assert_eq!(c.tls_records, t.app_records, "{name}: {dir:?} {ip}:{port} app-data records");
+            assert_eq!(c.handshake_bytes, t.handshake_bytes, "{name}: {dir:?} {ip}:{port} handshake bytes");
+            assert_eq!(c.tcp_payload_bytes, t.tcp_payload_bytes, "{name}: {dir:?} {ip}:{port} TCP payload");
+            assert_eq!(c.unsynced_bytes, 0, "{name}: {dir:?} {ip}:{port} unsynced");
+            total += t.app_bytes;
+        }
+        for d in ours {
+            let c = if dir == Direction::Upload { &d.upload } else { &d.download };
+            if c.tls_app_bytes > 0 {
+                assert!(truth.contains_key(&(d.ip, d.port)), "{name}: {}:{} counted but not in tshark", d.ip, d.port);
+            }
+        }
+        assert!(total > 0, "{name}: no {dir:?} application data");
     }
-    for d in ours.iter().filter(|d| d.upload_tls_app_bytes > 0) {
-        assert!(truth.contains_key(&(d.ip, d.port)), "{name}: {}:{} counted but not in tshark", d.ip, d.port);
-    }
-    assert!(total > 0, "{name}: no application data");
     // The same capture as pcapng (editcap, from Wireshark) replays to the same document.
     let ng = pcap.with_extension("pcapng");
     let st = std::process::Command::new("editcap").args(["-F", "pcapng"]).arg(&pcap).arg(&ng).status().expect("editcap");

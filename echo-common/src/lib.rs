@@ -4,9 +4,11 @@
 //! below), so the kernel and user space agree on every byte of every map key and value.
 #![no_std]
 
+pub mod events;
 pub mod maps;
 pub mod tls;
 
+pub use events::*;
 pub use maps::*;
 
 /// Direction of a packet relative to the monitored device.

@@ -3,13 +3,17 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use echo_common::{
-    mac_filter_bit, mac_key, ClassCounters, DestKey, DestStats, FlowKey, FlowState, PacketClass,
-    DIRECTIONS, DIR_UPLOAD, DNS_PORT, INSERTS_DEST_STATS, INSERTS_FLOWS, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    mac_filter_bit, mac_key, ClassCounters, DestKey, DestStats, Event, FlowKey, FlowState,
+    PacketClass, DIRECTIONS, DIR_UPLOAD, DNS_PORT, EVENT_APP_DATA, INSERTS_DEST_STATS,
+    INSERTS_FLOWS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
-    maps::{CLASS_COUNTERS, CLOCK, DEST_STATS, DEVICES, DEVICE_FILTER, FLOWS, MAP_INSERTS, SCRATCH},
+    maps::{
+        CLASS_COUNTERS, CLOCK, DEST_STATS, DEVICES, DEVICE_FILTER, EVENTS, EVENT_DROPS, FLOWS,
+        MAP_INSERTS, SCRATCH,
+    },
+    markers,
     parse::{ethernet, ipv4, ipv6, tcp, Packet, L3},
     tls_records::{self, Segment, Tally},
 };
@@ -17,21 +21,38 @@ use crate::{
 /// Accounts one frame seen in `direction`. Never fails and never touches the frame.
 #[inline(always)]
 pub fn account<P: Packet>(pkt: &P, direction: u8) {
-    // The device is the frame's source when uploading and its destination when downloading.
-    let mac_off = if direction == DIR_UPLOAD { ethernet::SRC_MAC_OFF } else { ethernet::DST_MAC_OFF };
-    let Some(mac) = pkt.read::<[u8; 6]>(mac_off) else { return };
-    let Some(filter) = DEVICE_FILTER.get(0) else { return };
-    if *filter & mac_filter_bit(mac) == 0 {
+    let device = device_of(pkt, direction);
+    let markers = markers::enabled();
+    if device.is_none() && !markers {
         return;
     }
-    // SAFETY: DEVICES is only written by user space, with whole values.
-    let Some(dev) = (unsafe { DEVICES.get(mac_key(mac)) }) else { return };
-    let device = dev.index;
-    let class = match parse_l3(pkt) {
-        Some(l3) => account_ip(pkt, &l3, device, direction),
+    let l3 = parse_l3(pkt);
+    if markers {
+        if let Some(l3) = &l3 {
+            markers::check(pkt, l3, direction);
+        }
+    }
+    let Some(device) = device else { return };
+    let class = match &l3 {
+        Some(l3) => account_ip(pkt, l3, device, direction),
         None => PacketClass::Other,
     };
     count_class(device, direction, class);
+}
+
+/// The monitored device this frame belongs to: its source when uploading, its destination
+/// when downloading. A Bloom-filter bit test first, so other MACs skip the hash lookup.
+#[inline(always)]
+fn device_of<P: Packet>(pkt: &P, direction: u8) -> Option<u32> {
+    let mac_off = if direction == DIR_UPLOAD { ethernet::SRC_MAC_OFF } else { ethernet::DST_MAC_OFF };
+    let mac = pkt.read::<[u8; 6]>(mac_off)?;
+    let filter = DEVICE_FILTER.get(0)?;
+    if *filter & mac_filter_bit(mac) == 0 {
+        return None;
+    }
+    // SAFETY: DEVICES is only written by user space, with whole values.
+    let dev = unsafe { DEVICES.get(mac_key(mac)) }?;
+    Some(dev.index)
 }
 
 #[inline(always)]
@@ -113,10 +134,26 @@ fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey) -> Pa
     // Payload after a SYN (TCP Fast Open) starts one past the ISN.
     let seq = if seg.flags & tcp::SYN != 0 { seg.seq.wrapping_add(1) } else { seg.seq };
     let Some(flow) = flow_state(&fkey, seq) else { return PacketClass::OtherTcp };
+    let (app_bytes, app_records) = (stats.tls_app_bytes, stats.tls_app_records);
     let mut t = Tally { stats, new_app: false, new_handshake: false, retransmitted: 0 };
     let s = Segment { seq, len: seg.payload_len, payload_off: seg.payload_off };
     let s = launder(s);
     tls_records::on_segment(flow, pkt, &s, &mut t);
+    let added = t.stats.tls_app_bytes.wrapping_sub(app_bytes);
+    if added != 0 {
+        emit(&Event {
+            ts_ns: t.stats.last_seen_ns,
+            addr: key.addr,
+            bytes: added as u32,
+            records: t.stats.tls_app_records.wrapping_sub(app_records) as u16,
+            port: key.port,
+            kind: EVENT_APP_DATA,
+            device: key.device,
+            direction: key.direction,
+            family: key.family,
+            ..Event::default()
+        });
+    }
     if t.retransmitted == seg.payload_len {
         PacketClass::Retransmit
     } else if t.new_app {
@@ -186,9 +223,20 @@ fn count_insert(slot: u32) {
     }
 }
 
+/// Sends an event to user space, or counts it as dropped when the ring buffer is full.
+#[inline(always)]
+pub fn emit(ev: &Event) {
+    if EVENTS.output::<Event>(ev, 0).is_err() {
+        if let Some(c) = EVENT_DROPS.get_ptr_mut(0) {
+            // SAFETY: per-CPU value, used by this CPU only.
+            unsafe { *c += 1 };
+        }
+    }
+}
+
 /// Now, in nanoseconds: the replay clock when set, else the monotonic clock.
 #[inline(always)]
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     match CLOCK.get(0) {
         Some(&t) if t != 0 => t,
         // SAFETY: a helper without preconditions.

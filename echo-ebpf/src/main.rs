@@ -4,11 +4,16 @@
 
 mod accounting;
 mod maps;
+mod markers;
 mod parse;
 mod tls_records;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use echo_common::DIR_UPLOAD;
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_UNSPEC},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use echo_common::{DIR_DOWNLOAD, DIR_UPLOAD};
 
 /// Uploads: frames arriving on the hotspot interface from monitored devices.
 /// Always passes the frame on, untouched.
@@ -16,6 +21,15 @@ use echo_common::DIR_UPLOAD;
 pub fn echo_xdp(ctx: XdpContext) -> u32 {
     accounting::account(&parse::XdpPacket { ctx: ctx.ctx }, DIR_UPLOAD);
     xdp_action::XDP_PASS
+}
+
+/// Downloads: frames the hotspot sends out of its interface towards monitored devices
+/// (TC egress, where GSO super-packets up to 64 KiB are still whole). Returns "no opinion"
+/// (TC_ACT_UNSPEC, TCX_NEXT), so the frame goes on to any later program and out unchanged.
+#[classifier]
+pub fn echo_tc(ctx: TcContext) -> i32 {
+    accounting::account(&parse::TcPacket { skb: ctx.skb.skb }, DIR_DOWNLOAD);
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]

@@ -2,11 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use echo_common::{
-    ClassCounters, DestKey, DestStats, DeviceInfo, FlowKey, FlowState, DIRECTIONS,
-    DEST_STATS_ENTRIES, FLOW_TABLE_ENTRIES, INSERTS_SLOTS, MAX_DEVICES,
+    ClassCounters, DestKey, DestStats, DeviceInfo, FlowKey, FlowState, MarkerInfo, MarkerKey,
+    DIRECTIONS, DEST_STATS_ENTRIES, EVENTS_BYTES, FLOW_TABLE_ENTRIES, INSERTS_SLOTS, MAX_DEVICES,
+    MAX_MARKERS,
 };
 
 /// Monitored devices. Key: `mac_key(MAC)`; value: the device's dense index.
@@ -59,3 +60,31 @@ pub static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 /// Private to the program.
 #[map]
 pub static SCRATCH: PerCpuArray<[u32; 4]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Events to user space (`echo_common::Event`): app-data segments of monitored devices and
+/// marker pings. Written by the programs; drained by the agent (live) or after each test run
+/// (replay). Bounded by `EVENTS_BYTES`; a full buffer drops the event and counts it in
+/// `EVENT_DROPS`.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Events that did not fit in `EVENTS`, index 0, per CPU. Written by the programs; read and
+/// summed by user space.
+#[map]
+pub static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Marker addresses: an ICMP/ICMPv6 echo request to one of them, from any host, is a marker.
+/// Key: address and family; value: the marker's slot. Written by user space at start-up;
+/// read by the programs for echo requests only. Bounded by `MAX_MARKERS`.
+#[map]
+pub static MARKERS: HashMap<MarkerKey, MarkerInfo> = HashMap::with_max_entries(MAX_MARKERS, 0);
+
+/// Index 0: non-zero when `MARKERS` holds any address, so frames skip the marker check
+/// entirely when no markers are configured. Written by user space with `MARKERS`.
+#[map]
+pub static MARKERS_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Echo requests seen per marker slot, per CPU: exact even when events are dropped.
+/// Written by the programs; read and summed by user space. Bounded by `MAX_MARKERS`.
+#[map]
+pub static MARKER_PINGS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_MARKERS, 0);

@@ -14,15 +14,29 @@ pub struct Totals {
     pub tcp_payload_bytes: u64,
 }
 
-/// Totals per (destination address, destination port) of the frames `src_mac` sent.
+/// Which frames of a device to total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Frames the device sent, keyed by their destination.
+    Upload,
+    /// Frames sent to the device, keyed by their source.
+    Download,
+}
+
+/// Totals per (remote address, remote port) of the frames `mac` sent (upload) or received
+/// (download).
 /// TLS 1.3 encrypted records carry `tls.record.opaque_type`, others
 /// `tls.record.content_type`; `--no-duplicate-keys` turns the per-record repeated keys of
 /// tshark's JSON into arrays, so every record is seen.
-pub fn totals(pcap: &Path, src_mac: &str) -> Result<BTreeMap<(IpAddr, u16), Totals>> {
+pub fn totals(pcap: &Path, mac: &str, dir: Direction) -> Result<BTreeMap<(IpAddr, u16), Totals>> {
+    let (eth, ip, ip6, port) = match dir {
+        Direction::Upload => ("eth.src", "ip.dst", "ipv6.dst", "tcp.dstport"),
+        Direction::Download => ("eth.dst", "ip.src", "ipv6.src", "tcp.srcport"),
+    };
     let out = Command::new("tshark")
         .arg("-r")
         .arg(pcap)
-        .args(["-n", "-Y", &format!("eth.src == {src_mac} && tcp"), "-T", "json", "--no-duplicate-keys", "-J", "ip ipv6 tcp tls"])
+        .args(["-n", "-Y", &format!("{eth} == {mac} && tcp"), "-T", "json", "--no-duplicate-keys", "-J", "ip ipv6 tcp tls"])
         .output()
         .context("running tshark")?;
     if !out.status.success() {
@@ -32,9 +46,9 @@ pub fn totals(pcap: &Path, src_mac: &str) -> Result<BTreeMap<(IpAddr, u16), Tota
     let mut totals: BTreeMap<(IpAddr, u16), Totals> = BTreeMap::new();
     for p in packets.as_array().map(Vec::as_slice).unwrap_or_default() {
         let layers = &p["_source"]["layers"];
-        let dst = layers["ip"]["ip.dst"].as_str().or_else(|| layers["ipv6"]["ipv6.dst"].as_str()).context("no IP destination")?;
-        let port = num(&layers["tcp"]["tcp.dstport"]).context("no TCP port")?;
-        let t = totals.entry((dst.parse()?, port as u16)).or_default();
+        let remote = layers["ip"][ip].as_str().or_else(|| layers["ipv6"][ip6].as_str()).context("no IP address")?;
+        let port = num(&layers["tcp"][port]).context("no TCP port")?;
+        let t = totals.entry((remote.parse()?, port as u16)).or_default();
         t.tcp_payload_bytes += num(&layers["tcp"]["tcp.len"]).unwrap_or(0);
         let mut records = Vec::new();
         collect(&layers["tls"], &mut records);

@@ -8,7 +8,11 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod tcp;
 
-use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_load_bytes};
+use aya_ebpf::{
+    bindings::{__sk_buff, xdp_md},
+    cty::c_void,
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+};
 
 /// Read access to a packet, implemented for XDP (direct access plus `bpf_xdp_load_bytes`) and
 /// TC (`bpf_skb_load_bytes`), so that parsers and the record walker are written once.
@@ -71,6 +75,52 @@ impl Packet for XdpPacket {
     #[inline(always)]
     fn len(&self) -> usize {
         self.data_end() - self.data()
+    }
+}
+
+/// A socket buffer at TC. Every read goes through `bpf_skb_load_bytes`, because a GSO
+/// super-packet's payload lies mostly outside the linear area that direct access can reach.
+#[derive(Clone, Copy)]
+pub struct TcPacket {
+    pub skb: *mut __sk_buff,
+}
+
+impl Packet for TcPacket {
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        let mut v = core::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: the helper checks the offset and length against the packet and fills `v`
+        // completely when it returns 0.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                self.skb as *const c_void,
+                off as u32,
+                v.as_mut_ptr() as *mut c_void,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        // SAFETY: fully written on success.
+        if ret == 0 { Some(unsafe { v.assume_init() }) } else { None }
+    }
+
+    #[inline(always)]
+    fn load(&self, off: usize, buf: &mut [u8]) -> bool {
+        // SAFETY: as in `read`.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                self.skb as *const c_void,
+                off as u32,
+                buf.as_mut_ptr() as *mut c_void,
+                buf.len() as u32,
+            )
+        };
+        ret == 0
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        // SAFETY: the context the kernel handed to the program.
+        unsafe { (*self.skb).len as usize }
     }
 }
 

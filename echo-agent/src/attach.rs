@@ -1,0 +1,197 @@
+//! Attaching the programs to the hotspot interface through pinned BPF links.
+//!
+//! A link pinned in the pin directory keeps its program attached after the agent exits (or
+//! is killed). A restarted agent finds it and swaps its own, freshly loaded program into it
+//! atomically (`BPF_LINK_UPDATE`): the interface is never without a program, and since the
+//! maps are pinned too, the new program carries on with the same counters. No byte is lost.
+
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    tc::SchedClassifierLink,
+    xdp::{XdpLink, XdpMode as KernelXdpMode},
+    ProgramError, TcAttachType,
+};
+use clap::ValueEnum;
+use thiserror::Error;
+
+use crate::{
+    loader::{is_eperm, Programs},
+    pins::{self, link_ifindex, TC_LINK, XDP_LINK_DRIVER, XDP_LINK_SKB},
+};
+
+/// `--xdp-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpMode {
+    /// Driver mode when the driver supports XDP, else skb (generic) mode. Wi-Fi drivers have
+    /// no native XDP, so on a real hotspot this ends up in skb mode.
+    Auto,
+    Skb,
+    Driver,
+}
+
+impl XdpMode {
+    fn candidates(self) -> &'static [(&'static str, KernelXdpMode, &'static str)] {
+        const DRIVER: (&str, KernelXdpMode, &str) = ("driver", KernelXdpMode::Driver, XDP_LINK_DRIVER);
+        const SKB: (&str, KernelXdpMode, &str) = ("skb", KernelXdpMode::Skb, XDP_LINK_SKB);
+        match self {
+            XdpMode::Auto => &[DRIVER, SKB],
+            XdpMode::Skb => &[SKB],
+            XdpMode::Driver => &[DRIVER],
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum AttachError {
+    #[error("no such interface: {0}")]
+    NoSuchInterface(String),
+    #[error("attaching needs root or CAP_BPF and CAP_NET_ADMIN")]
+    Privileges,
+    #[error("cannot attach XDP to {0} in {1} mode: {2}")]
+    Xdp(String, &'static str, #[source] ProgramError),
+    #[error("cannot attach the TC egress program to {0}: {1}")]
+    Tc(String, #[source] ProgramError),
+    #[error("link on {0}: {1}")]
+    Link(String, String),
+    #[error("cannot pin link {0}: {1}")]
+    Pin(PathBuf, String),
+}
+
+/// A link this agent holds, and where it is pinned.
+struct Held {
+    link: FdLink,
+    path: PathBuf,
+}
+
+/// Both programs attached to one interface.
+pub struct Links {
+    xdp: Held,
+    tc: Held,
+    /// "driver" or "skb".
+    pub xdp_mode: &'static str,
+    pub ifindex: u32,
+    /// The links were already there (an earlier agent's) and got the new programs swapped in.
+    pub reused: bool,
+}
+
+impl Links {
+    /// Lets go of the links. `keep`: leave them pinned, so the programs stay attached and
+    /// counting after this agent exits; otherwise unpin them, which detaches the programs.
+    pub fn release(self, keep: bool) {
+        for held in [self.xdp, self.tc] {
+            if !keep {
+                let _ = std::fs::remove_file(&held.path);
+            }
+            drop(held.link);
+        }
+    }
+}
+
+pub fn ifindex(iface: &str) -> Option<u32> {
+    let c = CString::new(iface).ok()?;
+    // SAFETY: a valid NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// Attaches both programs to `iface`, reusing the links pinned in `dir` when they are still
+/// attached to this very interface (same ifindex), else attaching and pinning new ones.
+pub fn attach(progs: &mut Programs, iface: &str, mode: XdpMode, dir: &Path) -> Result<Links, AttachError> {
+    let index = ifindex(iface).ok_or_else(|| AttachError::NoSuchInterface(iface.to_string()))?;
+    let (xdp, xdp_mode, xdp_reused) = attach_xdp(progs, iface, index, mode, dir)?;
+    let (tc, tc_reused) = attach_tc(progs, iface, index, dir)?;
+    Ok(Links { xdp, tc, xdp_mode, ifindex: index, reused: xdp_reused && tc_reused })
+}
+
+/// The pinned link at `path` when it is alive on `index`; any other pin there is removed.
+fn reusable(path: &Path, index: u32) -> Option<FdLink> {
+    match link_ifindex(path) {
+        Some(i) if i == index => PinnedLink::from_pin(path).ok().map(FdLink::from),
+        Some(_) => {
+            // Defunct (interface gone) or attached elsewhere: unpinning lets it go.
+            let _ = std::fs::remove_file(path);
+            None
+        }
+        None => None,
+    }
+}
+
+fn link_err(iface: &str, e: impl std::fmt::Display) -> AttachError {
+    AttachError::Link(iface.to_string(), e.to_string())
+}
+
+fn pin(link: FdLink, path: &Path) -> Result<FdLink, AttachError> {
+    let _ = std::fs::remove_file(path);
+    link.pin(path).map(FdLink::from).map_err(|e| AttachError::Pin(path.to_path_buf(), e.to_string()))
+}
+
+fn attach_xdp(
+    progs: &mut Programs,
+    iface: &str,
+    index: u32,
+    mode: XdpMode,
+    dir: &Path,
+) -> Result<(Held, &'static str, bool), AttachError> {
+    // Pins of modes not asked for are let go, so the interface can take the new mode.
+    for (_, _, pin_name) in XdpMode::Auto.candidates() {
+        if !mode.candidates().iter().any(|c| c.2 == *pin_name) {
+            let _ = std::fs::remove_file(dir.join(pin_name));
+        }
+    }
+    for &(name, _, pin_name) in mode.candidates() {
+        let path = dir.join(pin_name);
+        if let Some(old) = reusable(&path, index) {
+            let xdp = progs.xdp_mut();
+            let err = |e| AttachError::Xdp(iface.to_string(), name, e);
+            let link = XdpLink::try_from(old).map_err(|e| link_err(iface, e))?;
+            let id = xdp.attach_to_link(link).map_err(err)?;
+            let link = FdLink::try_from(xdp.take_link(id).map_err(err)?).map_err(|e| link_err(iface, e))?;
+            return Ok((Held { link, path }, name, true));
+        }
+    }
+    let mut last = None;
+    for &(name, flags, pin_name) in mode.candidates() {
+        let xdp = progs.xdp_mut();
+        let err = |e| AttachError::Xdp(iface.to_string(), name, e);
+        match xdp.attach_to_if_index(index, flags) {
+            Ok(id) => {
+                let link = FdLink::try_from(xdp.take_link(id).map_err(err)?).map_err(|e| link_err(iface, e))?;
+                let path = dir.join(pin_name);
+                let link = pin(link, &path)?;
+                return Ok((Held { link, path }, name, false));
+            }
+            Err(e) if is_eperm(&e) => return Err(AttachError::Privileges),
+            Err(e) => last = Some(err(e)),
+        }
+    }
+    Err(last.expect("every mode has a candidate"))
+}
+
+fn attach_tc(progs: &mut Programs, iface: &str, index: u32, dir: &Path) -> Result<(Held, bool), AttachError> {
+    let path = dir.join(TC_LINK);
+    let tc = progs.tc_mut();
+    let err = |e| AttachError::Tc(iface.to_string(), e);
+    if let Some(old) = reusable(&path, index) {
+        let link = SchedClassifierLink::try_from(old).map_err(|e| link_err(iface, e))?;
+        let id = tc.attach_to_link(link).map_err(err)?;
+        let link = FdLink::try_from(tc.take_link(id).map_err(err)?).map_err(|e| link_err(iface, e))?;
+        return Ok((Held { link, path }, true));
+    }
+    // Kernels from 6.6 attach through TCX, a BPF link: no clsact qdisc needed.
+    let id = tc.attach(iface, TcAttachType::Egress).map_err(|e| if is_eperm(&e) { AttachError::Privileges } else { err(e) })?;
+    let link = FdLink::try_from(tc.take_link(id).map_err(err)?).map_err(|e| link_err(iface, e))?;
+    let link = pin(link, &path)?;
+    Ok((Held { link, path }, false))
+}
+
+/// The pin directory for `iface`, prepared (bpffs mounted, directory created).
+pub fn prepare_dir(iface: &str) -> Result<PathBuf, pins::PinError> {
+    let dir = pins::dir_for(iface);
+    pins::prepare(&dir)?;
+    Ok(dir)
+}
