@@ -80,6 +80,11 @@ pub struct Links {
 }
 
 impl Links {
+    /// Where the XDP link is pinned.
+    pub fn xdp_pin(&self) -> PathBuf {
+        self.xdp.path.clone()
+    }
+
     /// Lets go of the links. `keep`: leave them pinned, so the programs stay attached and
     /// counting after this agent exits; otherwise unpin them, which detaches the programs.
     pub fn release(self, keep: bool) {

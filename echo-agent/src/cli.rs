@@ -1,10 +1,14 @@
 //! Command line.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::device::Mac;
+use crate::{
+    attach::XdpMode,
+    device::{DeviceSpec, Mac},
+    markers::MarkerSpec,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "echo-agent", version, about = "What does my smart speaker upload, and when?")]
@@ -15,7 +19,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a pcap/pcapng capture through the XDP program (BPF_PROG_TEST_RUN) and report.
+    /// Attach to the hotspot interface, count, and serve Prometheus metrics.
+    Run(RunArgs),
+    /// Remove everything an agent left on an interface (links, so the programs detach, and
+    /// pinned maps).
+    Detach {
+        #[arg(long)]
+        iface: String,
+    },
+    /// Run a pcap/pcapng capture through the programs (BPF_PROG_TEST_RUN) and report.
     Replay {
         /// Capture file of Ethernet frames (pcap or pcapng).
         #[arg(long)]
@@ -26,6 +38,40 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
     },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The hotspot's interface towards the devices (e.g. wlan0, or the bridge port).
+    #[arg(long)]
+    pub iface: String,
+    /// A device to monitor, MAC[=NAME]; NAME labels its metrics. Repeat for several.
+    #[arg(long = "device", required = true, value_name = "MAC[=NAME]")]
+    pub devices: Vec<DeviceSpec>,
+    /// A marker address and its role, IP=ROLE (command_start, command_end, response_start,
+    /// response_end): echo requests to it mark time. Repeat for several.
+    #[arg(long = "marker", value_name = "IP=ROLE")]
+    pub markers: Vec<MarkerSpec>,
+    /// Where metrics and the API listen. Loopback by default; see the README to expose it.
+    #[arg(long = "web.listen-address", default_value = "127.0.0.1:9977")]
+    pub listen: SocketAddr,
+    #[arg(long = "web.telemetry-path", default_value = "/metrics")]
+    pub telemetry_path: String,
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    pub xdp_mode: XdpMode,
+    /// Durable state (interaction log).
+    #[arg(long, default_value = "/var/lib/echo-agent")]
+    pub state_dir: PathBuf,
+    /// Leave the programs attached and counting when the agent exits.
+    #[arg(long)]
+    pub keep_attached: bool,
+    /// Per device, destinations exported by name; the rest are summed into "other".
+    #[arg(long, default_value_t = 50)]
+    pub max_destinations: usize,
+    /// Turn on the kernel's BPF run-time statistics while the agent runs (costs two clock
+    /// reads per packet) for echo_bpf_run_seconds_total and echo_bpf_runs_total.
+    #[arg(long)]
+    pub bpf_stats: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -2,24 +2,41 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use echo_agent::{
+    attach::AttachError,
     capture::CaptureError,
     cli::{Cli, Command, Format},
     loader::LoadError,
-    replay,
+    pins::{self, PinError},
+    replay, run,
 };
 
-/// Bad input (flags, files, privileges) exits with 2, other failures with 1; both print one
-/// line, never a panic or a backtrace.
+/// Bad input (flags, files, interface, privileges, environment) exits with 2, other failures
+/// with 1; both print one line, never a panic or a backtrace.
 fn exit_code(e: &anyhow::Error) -> u8 {
     let bad_input = e.chain().any(|c| {
         c.downcast_ref::<CaptureError>().is_some()
-            || matches!(c.downcast_ref::<LoadError>(), Some(LoadError::Privileges | LoadError::TooManyDevices(_)))
+            || c.downcast_ref::<run::RunError>().is_some()
+            || matches!(c.downcast_ref::<PinError>(), Some(PinError::Mount(_)))
+            || matches!(c.downcast_ref::<AttachError>(), Some(AttachError::NoSuchInterface(_) | AttachError::Privileges))
+            || matches!(
+                c.downcast_ref::<LoadError>(),
+                Some(LoadError::Privileges | LoadError::TooManyDevices(_) | LoadError::TooManyMarkers(_) | LoadError::Pins(PinError::Mount(_)))
+            )
     });
     if bad_input { 2 } else { 1 }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run::run(args)?,
+        Command::Detach { iface } => {
+            let removed = pins::remove_all(&iface).map_err(|e| anyhow::anyhow!("removing {}: {e}", pins::dir_for(&iface).display()))?;
+            if removed.is_empty() {
+                println!("nothing pinned for {iface}");
+            } else {
+                println!("removed {} from {}", removed.join(", "), pins::dir_for(&iface).display());
+            }
+        }
         Command::Replay { pcap, devices, format } => {
             let report = replay::replay(&pcap, &devices)?;
             match format {
@@ -32,8 +49,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's first line ("error: invalid value ... for '--device <MAC>': why"), no usage.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ");
+            eprintln!("echo-agent: {first}");
+            return ExitCode::from(2);
+        }
+    };
+    match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the first line of each cause (a verifier log stays out of it).

@@ -11,7 +11,7 @@ use aya::{
 use echo_common::{DestKey, DestStats, Event, CLASS_NAMES, MAP_EVENTS, DIR_DOWNLOAD, DIR_UPLOAD, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 use serde::Serialize;
 
-use crate::{capture, counters, device::Mac, gso, loader::Programs};
+use crate::{capture, counters, device::Mac, events, gso, loader::Programs};
 
 /// Smallest frame XDP test_run accepts (an Ethernet header); shorter ones are counted apart.
 const MIN_FRAME: usize = 14;
@@ -144,9 +144,7 @@ pub fn run_frames(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result<
                     failure = Some(e);
                 }
                 // Drained after every run, so the ring buffer never fills in replay.
-                while let Some(item) = ring.next() {
-                    events.extend(parse_event(&item));
-                }
+                events::drain(&mut ring, |ev| events.push(ev));
             }
         });
     })?;
@@ -157,12 +155,18 @@ pub fn run_frames(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result<
     Ok((frames, short, events))
 }
 
-/// An event as the programs wrote it; `None` for a record of another size.
-pub fn parse_event(bytes: &[u8]) -> Option<Event> {
-    (bytes.len() == std::mem::size_of::<Event>())
-        // SAFETY: Event is plain old data of exactly this size; read_unaligned copes with
-        // the ring buffer's 8-byte alignment.
-        .then(|| unsafe { (bytes.as_ptr() as *const Event).read_unaligned() })
+/// TC egress's verdict: "no opinion" (TC_ACT_UNSPEC, -1), the frame goes on.
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+/// BPF_PROG_TEST_RUN refuses an skb whose EtherType promises an IP header the frame does not
+/// hold (the kernel's own rule for building the test skb).
+pub fn tc_test_run_accepts(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.len() >= 14 + 20,
+        Some([0x86, 0xdd]) => frame.len() >= 14 + 40,
+        Some(_) => true,
+        None => false,
+    }
 }
 
 /// One frame through the program that would see it live; returns its verdict.
@@ -170,7 +174,15 @@ pub fn run_one(progs: &Programs, frame: &[u8], devices: &[Mac]) -> Result<u32> {
     let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
     let to_device = frame.len() >= 6 && devices.iter().any(|m| m.0 == frame[..6]);
     let from_device = frame.len() >= 12 && devices.iter().any(|m| m.0 == frame[6..12]);
-    let r = if to_device && !from_device { progs.tc().test_run(opts) } else { progs.xdp().test_run(opts) };
+    let r = if to_device && !from_device {
+        if !tc_test_run_accepts(frame) {
+            // The stack never transmits such a frame, so TC egress never sees one.
+            return Ok(TC_ACT_UNSPEC);
+        }
+        progs.tc().test_run(opts)
+    } else {
+        progs.xdp().test_run(opts)
+    };
     let r = r.with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
     Ok(r.return_value)
 }

@@ -1,6 +1,7 @@
 //! Table-driven packet fixtures through BPF_PROG_TEST_RUN (after Katran's test fixtures):
 //! each states the exact counters the XDP program must produce.
 
+use aya::programs::{TestRun, TestRunOptions};
 use echo_agent::{counters, device::Mac, loader::Programs, replay};
 use echo_common::{DestStats, PacketClass, DIR_UPLOAD, PACKET_CLASSES};
 use xtask::packets::{tls_stream, Ip, TcpFrame, ACK, DEVICE_MAC, PSH, SYN};
@@ -253,7 +254,9 @@ fn packet_classes() {
     assert_eq!(classes, want);
 }
 
-/// 100,000 random and mutated frames: every verdict XDP_PASS, no error, and the counters stay
+const XDP_PASS: u32 = 2;
+
+/// 100,000 random and mutated frames through both programs: every verdict a pass, no error, and the counters stay
 /// consistent (TLS bytes never exceed the TCP payload seen).
 #[test]
 fn malformed_frames_always_pass() {
@@ -289,12 +292,22 @@ fn malformed_frames_always_pass() {
             let len = 14 + (next() % (f.len() as u64 - 13)) as usize;
             f.truncate(len);
         }
-        assert_eq!(replay::run_one(&progs, &f, &[Mac(DEVICE_MAC)]).unwrap(), 2, "frame {i}: {f:02x?}");
+        // Both programs see every frame: XDP as an upload, TC as a download.
+        let opts = || TestRunOptions { data_in: Some(&f), ..Default::default() };
+        assert_eq!(progs.xdp().test_run(opts()).unwrap().return_value, XDP_PASS, "XDP, frame {i}: {f:02x?}");
+        if replay::tc_test_run_accepts(&f) {
+            let tc = progs.tc().test_run(opts()).unwrap_or_else(|e| panic!("TC, frame {i} ({} bytes): {e}: {f:02x?}", f.len()));
+            assert_eq!(tc.return_value, replay::TC_ACT_UNSPEC, "TC, frame {i}: {f:02x?}");
+        }
     }
     let snap = counters::read(&progs.ebpf).unwrap();
     for (k, s) in &snap.dests {
         let tls = s.tls_app_bytes + s.handshake_bytes + s.ccs_bytes + s.alert_bytes + s.unsynced_bytes;
         assert!(tls <= s.tcp_payload_bytes, "{k:?}: {s:?}");
     }
-    eprintln!("verifier: {:?} instructions processed for echo_xdp", progs.xdp_verified_insns());
+    eprintln!(
+        "verifier: {:?} instructions processed for echo_xdp, {:?} for echo_tc",
+        progs.xdp_verified_insns(),
+        progs.tc_verified_insns()
+    );
 }

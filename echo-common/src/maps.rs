@@ -166,6 +166,8 @@ pub struct FlowState {
     pub hole_end: u32,
     pub unsync_start: u32,
     pub unsync_end: u32,
+    /// Payload bytes scanned for a header without finding one since sync was lost.
+    pub unsynced_run: u32,
     pub flags: u8,
     pub _pad: [u8; 3],
 }
@@ -180,7 +182,7 @@ const _: () = {
     assert!(size_of::<ClassCounters>() == crate::PACKET_CLASSES * 8);
     assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
     assert!(size_of::<Walker>() == 4 + 1 + 1 + 1 + 1 + 4);
-    assert!(size_of::<FlowState>() == 2 * size_of::<Walker>() + 5 * 4 + 1 + 3);
+    assert!(size_of::<FlowState>() == 2 * size_of::<Walker>() + 6 * 4 + 1 + 3);
 };
 
 #[cfg(feature = "user")]

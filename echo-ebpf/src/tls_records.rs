@@ -24,7 +24,8 @@
 //! 3. New bytes from `max(seq, seq_high)` to `end`. A synced main walker walks them
 //!    (`walk`); an unsynced one first scans for a plausible record header (`resync`: type
 //!    20–23, version 0x0301–0x0304, length ≤ 2^14+256, confirmed by the following header when
-//!    that lies in the same segment) and counts the bytes before it as `unsynced_bytes`.
+//!    that lies in the same segment; the scan covers a whole 64 KiB GSO super-packet) and
+//!    counts the bytes before it as `unsynced_bytes`.
 //!
 //! When a hole is filled completely (`close_hole`) and the main walker had lost sync at its
 //! end, the hole walker now knows where the next header really is: if no header fell inside
@@ -57,9 +58,15 @@ use crate::parse::Packet;
 /// steps and resyncs on a later segment.
 pub const MAX_WALK_STEPS: u32 = 3072;
 
-/// Offsets tried by one resync scan: a whole MTU-1500 segment. A longer segment that holds
-/// no plausible header within this many bytes stays unsynced until the next one.
-pub const MAX_RESYNC_SCAN: u32 = 1500;
+/// Offsets tried by one resync scan: a whole 64 KiB GSO super-packet (TC egress sees those),
+/// one offset per `bpf_loop` step. It only runs on a flow that lost sync (a gap spanning a
+/// record header, or a flow picked up mid-stream), and `MAX_UNSYNCED_SCAN` stops a non-TLS
+/// stream from being scanned forever.
+pub const MAX_RESYNC_SCAN: u32 = 65_536;
+
+/// Bytes a flow may be scanned without a plausible header before it is taken for not TLS
+/// (and only its TCP counters kept): 1 MiB holds at least 60 records of any TLS stream.
+pub const MAX_UNSYNCED_SCAN: u32 = 1 << 20;
 
 /// Largest jump in sequence numbers still taken as the same stream: 64 MiB, above the
 /// largest receive window Linux grants by default (`tcp_rmem` max 6 MiB, 32 MiB when tuned).
@@ -342,7 +349,8 @@ fn resync<P: Packet>(pkt: &P, seg: &Segment, pos: u32, end: u32) -> u32 {
     c.found
 }
 
-/// Tries the header candidate at `pos`; stops when it is plausible or no header fits.
+/// Tries the header candidate at `pos`; stops when it is plausible and confirmed by the next
+/// header (when this segment holds it), or when no header fits.
 extern "C" fn resync_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the ResyncCtx<P> given by `resync`.
     let c = unsafe { &mut *(ctx as *mut ResyncCtx<P>) };
@@ -357,7 +365,6 @@ extern "C" fn resync_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
         return 0;
     }
     let next = p.wrapping_add(HEADER_LEN + u16::from_be_bytes([h[3], h[4]]) as u32);
-    // Confirm with the next header when this segment holds it.
     let confirmed = seq_diff(c.end, next) < HEADER_LEN as i32
         || matches!(load_n::<P, 5>(&c.pkt, seg.off(next)), Some(h2) if plausible_header(&h2, MAX_RESYNC_RECORD_LEN));
     if confirmed {
@@ -426,8 +433,13 @@ fn walk_new<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, pos: u32, end:
             f.unsync_end = found;
         }
         if found == end {
+            f.unsynced_run = f.unsynced_run.saturating_add(end.wrapping_sub(pos));
+            if f.unsynced_run > MAX_UNSYNCED_SCAN {
+                f.flags |= FLOW_NOT_TLS;
+            }
             return;
         }
+        f.unsynced_run = 0;
         f.main = Walker { next_hdr: found, synced: 1, ..Walker::default() };
         pos = found;
     }

@@ -1,7 +1,9 @@
 //! Test support shared by echo-agent's tests, the demo and the benchmarks: hand-built frames,
 //! network-namespace topologies, real TLS peers, captures and Wireshark ground truth.
+pub mod agent;
 pub mod capture;
 pub mod demo;
+pub mod http;
 pub mod netns;
 pub mod packets;
 pub mod tls;

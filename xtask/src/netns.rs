@@ -1,6 +1,15 @@
-//! Test topologies in network namespaces: device ↔ hotspot ↔ cloud, each its own namespace,
-//! created and deleted by the test (nothing in the root namespace; every address used lives
-//! inside them). Names carry a per-topology suffix so tests run in parallel.
+//! Test topologies in network namespaces, created and deleted by the test (nothing in the
+//! root namespace; every address used lives inside them). Names carry a per-topology suffix
+//! so tests run in parallel.
+//!
+//! ```text
+//!  device ──┐
+//!           ├── air (bridge: the Wi-Fi cell) ── hotspot ── cloud (servers, marker IPs)
+//!  controller┘
+//! ```
+//! The "air" namespace holds a bridge standing for the radio cell: the hotspot has one LAN
+//! interface on which it sees every client's frames, as `wlan0` does, and that interface can
+//! be deleted and recreated (a hostapd restart) without touching the clients.
 
 use std::{
     fs::File,
@@ -22,11 +31,18 @@ const PREFIX: &str = "ea";
 pub const DEVICE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
 pub const HOTSPOT_LAN_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
 pub const HOTSPOT_WAN_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 1);
+pub const CONTROLLER_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 3);
 pub const DEVICE_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 2);
 pub const HOTSPOT_LAN_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 1);
 pub const HOTSPOT_WAN_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 1);
 /// Servers in the cloud namespace: 10.77.2.10–12 and fd77:2::10–12.
 pub const SERVERS: usize = 3;
+
+/// Marker addresses (TEST-NET-1, RFC 5737), owned by the cloud namespace: one per role.
+pub fn marker_v4(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1 + i as u8))
+}
+pub const MARKERS: usize = 4;
 
 pub fn server_v4(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 77, 2, 10 + i as u8))
@@ -40,12 +56,15 @@ pub fn tls_addr(ip: IpAddr) -> SocketAddr {
     SocketAddr::new(ip, 443)
 }
 
-/// The three namespaces and the interfaces between them.
+/// The namespaces and the interfaces between them.
 pub struct Topology {
     pub id: String,
     pub device_ns: String,
+    pub controller_ns: String,
+    pub air_ns: String,
     pub hotspot_ns: String,
     pub cloud_ns: String,
+    pub mtu: u32,
     /// Hotspot's interface towards the device: where the agent attaches and tcpdump listens.
     pub hotspot_lan_if: String,
     pub device_if: String,
@@ -72,52 +91,126 @@ impl Topology {
         let id = format!("{:x}x{:x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let t = Topology {
             device_ns: format!("{PREFIX}dev-{id}"),
+            controller_ns: format!("{PREFIX}ctl-{id}"),
+            air_ns: format!("{PREFIX}air-{id}"),
             hotspot_ns: format!("{PREFIX}hot-{id}"),
             cloud_ns: format!("{PREFIX}cld-{id}"),
             hotspot_lan_if: format!("hl{id}"),
             device_if: format!("dv{id}"),
+            mtu,
             id,
         };
         // Drop deletes whatever was created, also when a step below fails.
-        for ns in [&t.device_ns, &t.hotspot_ns, &t.cloud_ns] {
+        for ns in t.namespaces() {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        let bridge = t.bridge();
+        ip(&["-n", &t.air_ns, "link", "add", &bridge, "type", "bridge"])?;
+        ip(&["-n", &t.air_ns, "link", "set", &bridge, "mtu", &mtu.to_string(), "up"])?;
+        let controller_if = format!("ct{}", t.id);
+        t.client(&t.device_ns, &t.device_if, &format!("ad{}", t.id), Some(DEVICE_MAC), DEVICE_V4, Some(DEVICE_V6))?;
+        t.client(&t.controller_ns, &controller_if, &format!("ac{}", t.id), None, CONTROLLER_V4, None)?;
+        t.add_hotspot_lan()?;
+
         let hotspot_wan = format!("hw{}", t.id);
         let cloud_if = format!("cl{}", t.id);
         let mtu_s = mtu.to_string();
-        ip(&["-n", &t.device_ns, "link", "add", &t.device_if, "type", "veth", "peer", "name", &t.hotspot_lan_if, "netns", &t.hotspot_ns])?;
         ip(&["-n", &t.hotspot_ns, "link", "add", &hotspot_wan, "type", "veth", "peer", "name", &cloud_if, "netns", &t.cloud_ns])?;
-        ip(&["-n", &t.device_ns, "link", "set", &t.device_if, "address", &mac(DEVICE_MAC), "mtu", &mtu_s, "up"])?;
-        ip(&["-n", &t.hotspot_ns, "link", "set", &t.hotspot_lan_if, "address", &mac(HOTSPOT_MAC), "mtu", &mtu_s, "up"])?;
         ip(&["-n", &t.hotspot_ns, "link", "set", &hotspot_wan, "mtu", &mtu_s, "up"])?;
         ip(&["-n", &t.cloud_ns, "link", "set", &cloud_if, "mtu", &mtu_s, "up"])?;
-        // IPv6 needs links of at least 1280 bytes (RFC 8200): smaller MTUs are IPv4-only.
-        let v6 = mtu >= 1280;
-        let addr = |ns: &str, dev: &str, a: String| {
-            if !v6 && a.contains(':') {
-                return Ok(());
-            }
-            ip(&["-n", ns, "addr", "add", &a, "dev", dev, "nodad"])
-        };
-        addr(&t.device_ns, &t.device_if, format!("{DEVICE_V4}/24"))?;
-        addr(&t.device_ns, &t.device_if, format!("{DEVICE_V6}/64"))?;
-        addr(&t.hotspot_ns, &t.hotspot_lan_if, format!("{HOTSPOT_LAN_V4}/24"))?;
-        addr(&t.hotspot_ns, &t.hotspot_lan_if, format!("{HOTSPOT_LAN_V6}/64"))?;
-        addr(&t.hotspot_ns, &hotspot_wan, format!("{HOTSPOT_WAN_V4}/24"))?;
-        addr(&t.hotspot_ns, &hotspot_wan, format!("{HOTSPOT_WAN_V6}/64"))?;
+        t.addr(&t.hotspot_ns, &hotspot_wan, format!("{HOTSPOT_WAN_V4}/24"))?;
+        t.addr(&t.hotspot_ns, &hotspot_wan, format!("{HOTSPOT_WAN_V6}/64"))?;
         for i in 0..SERVERS {
-            addr(&t.cloud_ns, &cloud_if, format!("{}/24", server_v4(i)))?;
-            addr(&t.cloud_ns, &cloud_if, format!("{}/64", server_v6(i)))?;
+            t.addr(&t.cloud_ns, &cloud_if, format!("{}/24", server_v4(i)))?;
+            t.addr(&t.cloud_ns, &cloud_if, format!("{}/64", server_v6(i)))?;
         }
-        ip(&["-n", &t.device_ns, "route", "add", "default", "via", &HOTSPOT_LAN_V4.to_string()])?;
-        if v6 {
-            ip(&["-n", &t.device_ns, "-6", "route", "add", "default", "via", &HOTSPOT_LAN_V6.to_string()])?;
+        for i in 0..MARKERS {
+            t.addr(&t.cloud_ns, &cloud_if, format!("{}/32", marker_v4(i)))?;
+        }
+        if t.v6() {
             ip(&["-n", &t.cloud_ns, "-6", "route", "add", "default", "via", &HOTSPOT_WAN_V6.to_string()])?;
         }
         ip(&["-n", &t.cloud_ns, "route", "add", "default", "via", &HOTSPOT_WAN_V4.to_string()])?;
         t.exec_ok(&t.hotspot_ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        t.napi(&t.hotspot_ns, &hotspot_wan)?;
+        t.napi(&t.cloud_ns, &cloud_if)?;
+        t.napi(&t.device_ns, &t.device_if)?;
+        for port in ["ad", "ac"] {
+            t.napi(&t.air_ns, &format!("{port}{}", t.id))?;
+        }
         Ok(t)
+    }
+
+    /// Gives a veth's receive side a NAPI context (by turning GRO on), as a NIC's receive
+    /// queue has: packets of one flow are then processed in order, by one CPU at a time.
+    /// Without it each veth hop hands packets to the sending CPU's backlog, so a flow whose
+    /// sender moves between CPUs is processed on two CPUs at once, out of order, which no
+    /// NIC with receive-side scaling does and which the flow table assumes does not happen.
+    fn napi(&self, ns: &str, dev: &str) -> Result<()> {
+        self.exec_ok(ns, "ethtool", &["-K", dev, "gro", "on"])
+    }
+
+    fn namespaces(&self) -> [&String; 5] {
+        [&self.device_ns, &self.controller_ns, &self.air_ns, &self.hotspot_ns, &self.cloud_ns]
+    }
+
+    fn bridge(&self) -> String {
+        format!("br{}", self.id)
+    }
+
+    /// IPv6 needs links of at least 1280 bytes (RFC 8200): smaller MTUs are IPv4-only.
+    fn v6(&self) -> bool {
+        self.mtu >= 1280
+    }
+
+    fn addr(&self, ns: &str, dev: &str, a: String) -> Result<()> {
+        if !self.v6() && a.contains(':') {
+            return Ok(());
+        }
+        ip(&["-n", ns, "addr", "add", &a, "dev", dev, "nodad"])
+    }
+
+    /// A client namespace's interface `dev`, its peer `port` on the air bridge, addresses
+    /// and default routes through the hotspot.
+    fn client(&self, ns: &str, dev: &str, port: &str, mac_addr: Option<[u8; 6]>, v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Result<()> {
+        let mtu = self.mtu.to_string();
+        ip(&["-n", ns, "link", "add", dev, "type", "veth", "peer", "name", port, "netns", &self.air_ns])?;
+        ip(&["-n", &self.air_ns, "link", "set", port, "master", &self.bridge(), "mtu", &mtu, "up"])?;
+        if let Some(m) = mac_addr {
+            ip(&["-n", ns, "link", "set", dev, "address", &mac(m)])?;
+        }
+        ip(&["-n", ns, "link", "set", dev, "mtu", &mtu, "up"])?;
+        self.addr(ns, dev, format!("{v4}/24"))?;
+        ip(&["-n", ns, "route", "add", "default", "via", &HOTSPOT_LAN_V4.to_string()])?;
+        if let Some(v6) = v6.filter(|_| self.v6()) {
+            self.addr(ns, dev, format!("{v6}/64"))?;
+            ip(&["-n", ns, "-6", "route", "add", "default", "via", &HOTSPOT_LAN_V6.to_string()])?;
+        }
+        Ok(())
+    }
+
+    /// The hotspot's LAN interface (where the agent attaches), on the air bridge.
+    fn add_hotspot_lan(&self) -> Result<()> {
+        let port = format!("ah{}", self.id);
+        let mtu = self.mtu.to_string();
+        ip(&["-n", &self.hotspot_ns, "link", "add", &self.hotspot_lan_if, "type", "veth", "peer", "name", &port, "netns", &self.air_ns])?;
+        ip(&["-n", &self.air_ns, "link", "set", &port, "master", &self.bridge(), "mtu", &mtu, "up"])?;
+        ip(&["-n", &self.hotspot_ns, "link", "set", &self.hotspot_lan_if, "address", &mac(HOTSPOT_MAC), "mtu", &mtu, "up"])?;
+        self.addr(&self.hotspot_ns, &self.hotspot_lan_if, format!("{HOTSPOT_LAN_V4}/24"))?;
+        self.addr(&self.hotspot_ns, &self.hotspot_lan_if, format!("{HOTSPOT_LAN_V6}/64"))?;
+        self.napi(&self.air_ns, &port)?;
+        self.napi(&self.hotspot_ns, &self.hotspot_lan_if)
+    }
+
+    /// Deletes the hotspot's LAN interface (as a hostapd restart does).
+    pub fn delete_hotspot_lan(&self) -> Result<()> {
+        ip(&["-n", &self.hotspot_ns, "link", "del", &self.hotspot_lan_if])
+    }
+
+    /// Creates it again, same name and addresses (a new ifindex).
+    pub fn recreate_hotspot_lan(&self) -> Result<()> {
+        self.add_hotspot_lan()
     }
 
     /// A command run inside namespace `ns`.
@@ -138,7 +231,7 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for ns in [&self.device_ns, &self.hotspot_ns, &self.cloud_ns] {
+        for ns in self.namespaces() {
             let _ = ip(&["netns", "del", ns]);
         }
     }

@@ -36,7 +36,8 @@ pub fn totals(pcap: &Path, mac: &str, dir: Direction) -> Result<BTreeMap<(IpAddr
     let out = Command::new("tshark")
         .arg("-r")
         .arg(pcap)
-        .args(["-n", "-Y", &format!("{eth} == {mac} && tcp"), "-T", "json", "--no-duplicate-keys", "-J", "ip ipv6 tcp tls"])
+        // Segments captured out of order (two CPUs feeding the capture) still reassemble.
+        .args(["-n", "-o", "tcp.reassemble_out_of_order:TRUE", "-Y", &format!("{eth} == {mac} && tcp"), "-T", "json", "--no-duplicate-keys", "-J", "ip ipv6 tcp tls"])
         .output()
         .context("running tshark")?;
     if !out.status.success() {

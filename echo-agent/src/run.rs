@@ -1,0 +1,176 @@
+//! `echo-agent run`: the daemon. Loads the programs over the pinned maps, attaches them,
+//! serves metrics, follows the interface through restarts, and detaches on SIGTERM/SIGINT.
+
+use std::{
+    net::TcpListener,
+    os::unix::fs::DirBuilderExt as _,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use echo_common::{
+    MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_EVENTS, MAP_EVENT_DROPS, MAP_FLOWS, MAP_INSERTS,
+    MAP_MARKER_PINGS,
+};
+use prometheus::Registry;
+use thiserror::Error;
+
+use crate::{
+    api::Web,
+    attach::{self, Links},
+    cli::RunArgs,
+    events,
+    exporter::{Health, MapCollector},
+    loader::{Programs, XDP_PROGRAM, TC_PROGRAM},
+    netlink, pins,
+};
+
+/// Bad flags or environment found before anything is attached: one line, exit code 2.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, #[source] std::io::Error),
+    #[error("cannot create state directory {0}: {1}")]
+    StateDir(PathBuf, #[source] std::io::Error),
+    #[error("--web.telemetry-path must start with '/' and not be '/', got {0:?}")]
+    TelemetryPath(String),
+}
+
+/// How often the main loop looks at the interface without a netlink wake-up.
+const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("echo-agent: {}", msg.as_ref());
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    if !args.telemetry_path.starts_with('/') || args.telemetry_path == "/" {
+        return Err(RunError::TelemetryPath(args.telemetry_path.clone()).into());
+    }
+    // Everything that can be wrong with the flags is checked before touching the kernel.
+    let listener = TcpListener::bind(args.listen).map_err(|e| RunError::Listen(args.listen, e))?;
+    if attach::ifindex(&args.iface).is_none() {
+        return Err(attach::AttachError::NoSuchInterface(args.iface.clone()).into());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&args.state_dir)
+        .map_err(|e| RunError::StateDir(args.state_dir.clone(), e))?;
+
+    let dir = attach::prepare_dir(&args.iface)?;
+    let (mut progs, notes) = Programs::load_pinned(&dir)?;
+    notes.iter().for_each(log);
+    let macs: Vec<_> = args.devices.iter().map(|d| d.mac).collect();
+    let indices = progs.set_devices(&macs)?;
+    let keys: Vec<_> = args.markers.iter().map(|m| m.key()).collect();
+    progs.set_markers(&keys)?;
+    let _stats_fd = if args.bpf_stats {
+        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?)
+    } else {
+        None
+    };
+
+    let health = Arc::new(Health::new(&args.iface));
+    *health.program_ids.lock().expect("not poisoned") = [
+        (XDP_PROGRAM, progs.xdp().info().map(|i| i.id()).unwrap_or(0)),
+        (TC_PROGRAM, progs.tc().info().map(|i| i.id()).unwrap_or(0)),
+    ]
+    .to_vec();
+    let mut links = Some(attach_logged(&mut progs, &args, &dir, &health)?);
+
+    let ring = RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).context("the object defines EVENTS")?)?;
+    let maps = progs.take_maps(&[MAP_DEST_STATS, MAP_CLASS_COUNTERS, MAP_INSERTS, MAP_FLOWS, MAP_EVENT_DROPS, MAP_MARKER_PINGS]);
+    let devices = indices.iter().zip(&args.devices).map(|(i, d)| (*i, d.name.clone())).collect();
+    let registry = Registry::new();
+    registry.register(Box::new(MapCollector::new(maps, devices, args.markers.clone(), health.clone(), args.max_destinations)))?;
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    spawn_events(ring)?;
+    Web { registry, telemetry_path: args.telemetry_path.clone(), api: None }
+        .spawn(listener)
+        .context("starting the HTTP listener")?;
+    log(format!("serving metrics on http://{}{}", args.listen, args.telemetry_path));
+
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, term.clone()).context("installing signal handlers")?;
+    }
+    let wake = netlink::watch_links().context("watching interfaces (netlink)")?;
+    let mut gone_since: Option<Instant> = None;
+    while !term.load(Ordering::Relaxed) {
+        let _ = wake.recv_timeout(CHECK_INTERVAL);
+        while wake.try_recv().is_ok() {}
+        follow_interface(&mut progs, &args, &dir, &health, &mut links, &mut gone_since);
+    }
+    if let Some(l) = links.take() {
+        l.release(args.keep_attached);
+    }
+    log(if args.keep_attached {
+        "exiting; programs left attached (--keep-attached)".to_string()
+    } else {
+        format!("detached from {}", args.iface)
+    });
+    Ok(())
+}
+
+fn attach_logged(progs: &mut Programs, args: &RunArgs, dir: &std::path::Path, health: &Health) -> Result<Links> {
+    let links = attach::attach(progs, &args.iface, args.xdp_mode, dir)?;
+    log(format!(
+        "{} XDP ({} mode) and TC egress on {} (ifindex {}); pins in {}",
+        if links.reused { "took over" } else { "attached" },
+        links.xdp_mode,
+        args.iface,
+        links.ifindex,
+        dir.display()
+    ));
+    *health.xdp_mode.lock().expect("not poisoned") = links.xdp_mode;
+    health.xdp_attached.store(true, Ordering::Relaxed);
+    health.tc_attached.store(true, Ordering::Relaxed);
+    Ok(links)
+}
+
+/// Notices the interface going away (its links turn defunct) and coming back (same or new
+/// ifindex), and re-attaches.
+fn follow_interface(
+    progs: &mut Programs,
+    args: &RunArgs,
+    dir: &std::path::Path,
+    health: &Health,
+    links: &mut Option<Links>,
+    gone_since: &mut Option<Instant>,
+) {
+    let now_index = attach::ifindex(&args.iface);
+    if let Some(l) = links {
+        let alive = now_index == Some(l.ifindex) && pins::link_ifindex(&l.xdp_pin()) == Some(l.ifindex);
+        if alive {
+            return;
+        }
+        log(format!("{} went away; waiting for it to come back", args.iface));
+        links.take().expect("checked").release(false);
+        health.xdp_attached.store(false, Ordering::Relaxed);
+        health.tc_attached.store(false, Ordering::Relaxed);
+        *gone_since = Some(Instant::now());
+    }
+    if now_index.is_some() {
+        match attach_logged(progs, args, dir, health) {
+            Ok(l) => {
+                if let Some(t) = gone_since.take() {
+                    log(format!("re-attached {:.0} ms after the interface went away", t.elapsed().as_secs_f64() * 1e3));
+                }
+                *links = Some(l);
+            }
+            Err(e) => log(format!("re-attaching to {}: {e:#}", args.iface)),
+        }
+    }
+}
+
+fn spawn_events(ring: RingBuf<MapData>) -> Result<()> {
+    // Interactions and frames consume these; until then the buffer is kept drained.
+    events::spawn(ring, |_| {}).context("starting the event reader")
+}
