@@ -19,6 +19,9 @@ pub struct Web {
     pub api: Option<Arc<dyn Api>>,
 }
 
+/// The text exposition format, version 0.0.4, as Prometheus's own client libraries label it.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Largest request body read (API bodies are a word or two).
 const MAX_BODY: u64 = 4096;
 
@@ -52,7 +55,7 @@ impl Web {
             let mut buf = Vec::new();
             let enc = TextEncoder::new();
             match enc.encode(&self.registry.gather(), &mut buf) {
-                Ok(()) => Response::from_data(buf).with_header(header("Content-Type", enc.format_type())),
+                Ok(()) => Response::from_data(buf).with_header(header("Content-Type", METRICS_CONTENT_TYPE)),
                 Err(e) => Response::from_string(e.to_string()).with_status_code(500),
             }
         } else if path == "/" && *req.method() == Method::Get {

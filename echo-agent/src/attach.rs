@@ -52,9 +52,9 @@ pub enum AttachError {
     NoSuchInterface(String),
     #[error("attaching needs root or CAP_BPF and CAP_NET_ADMIN")]
     Privileges,
-    #[error("cannot attach XDP to {0} in {1} mode: {2}")]
+    #[error("cannot attach XDP to {0} in {1} mode")]
     Xdp(String, &'static str, #[source] ProgramError),
-    #[error("cannot attach the TC egress program to {0}: {1}")]
+    #[error("cannot attach the TC egress program to {0}")]
     Tc(String, #[source] ProgramError),
     #[error("link on {0}: {1}")]
     Link(String, String),

@@ -38,6 +38,8 @@ pub struct Health {
     pub xdp_mode: Mutex<&'static str>,
     /// Kernel program ids, for run-time statistics.
     pub program_ids: Mutex<Vec<(&'static str, u32)>>,
+    /// This agent turned the kernel's BPF run-time statistics on.
+    pub bpf_stats: AtomicBool,
 }
 
 impl Health {
@@ -48,6 +50,7 @@ impl Health {
             tc_attached: AtomicBool::new(false),
             xdp_mode: Mutex::new("none"),
             program_ids: Mutex::new(Vec::new()),
+            bpf_stats: AtomicBool::new(false),
         }
     }
 }
@@ -222,7 +225,7 @@ impl MapCollector {
         for (role, n) in pings {
             rows.add("echo_marker_pings_total", &[role], n as f64);
         }
-        if bpf_stats_enabled() {
+        if h.bpf_stats.load(Ordering::Relaxed) || sysctl_bpf_stats() {
             let ids = h.program_ids.lock().expect("not poisoned").clone();
             for info in aya::programs::loaded_programs().flatten() {
                 if let Some((name, _)) = ids.iter().find(|(_, id)| *id == info.id()) {
@@ -235,9 +238,9 @@ impl MapCollector {
     }
 }
 
-/// The kernel keeps run-time statistics when the sysctl is on or an `enable_stats` fd is
-/// open (the sysctl reflects both).
-fn bpf_stats_enabled() -> bool {
+/// The kernel keeps run-time statistics while the sysctl is on (or an `enable_stats` fd is
+/// open, which the sysctl does not show).
+fn sysctl_bpf_stats() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").map(|s| s.trim() != "0").unwrap_or(false)
 }
 

@@ -28,11 +28,11 @@ pub const TC_PROGRAM: &str = "echo_tc";
 pub enum LoadError {
     #[error("loading eBPF programs needs root or CAP_BPF and CAP_NET_ADMIN")]
     Privileges,
-    #[error("the kernel refused the eBPF object: {0}")]
+    #[error("the kernel refused the eBPF object")]
     Object(#[source] EbpfError),
-    #[error("the kernel refused program {0}: {1}")]
+    #[error("the kernel refused program {0}")]
     Program(&'static str, #[source] ProgramError),
-    #[error("map {0}: {1}")]
+    #[error("map {0}")]
     Map(&'static str, #[source] MapError),
     #[error("at most {MAX_DEVICES} devices can be monitored, {0} given")]
     TooManyDevices(usize),
@@ -54,6 +54,24 @@ pub fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+/// Whether this process may load and attach the programs: CAP_NET_ADMIN, and CAP_BPF (or,
+/// on kernels before 5.8, CAP_SYS_ADMIN), in its effective set.
+pub fn has_privileges() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    // struct __user_cap_header_struct { version, pid } and two __user_cap_data_struct
+    // { effective, permitted, inheritable } (version 3: 64 capability bits).
+    let mut header = [0x2008_0522u32, 0];
+    let mut data = [0u32; 6];
+    // SAFETY: valid header and data buffers of the sizes capget expects for version 3.
+    if unsafe { libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    let effective = |cap: u32| data[(cap / 32 * 3) as usize] & (1 << (cap % 32)) != 0;
+    effective(CAP_NET_ADMIN) && (effective(CAP_BPF) || effective(CAP_SYS_ADMIN))
 }
 
 /// The parsed object file: map definitions (names, sizes) without loading anything.

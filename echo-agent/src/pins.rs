@@ -43,11 +43,11 @@ pub const PINNED_MAPS: &[&str] = &[
 
 #[derive(Debug, Error)]
 pub enum PinError {
-    #[error("bpffs is not mounted at {BPFFS} and mounting it failed: {0}")]
+    #[error("bpffs is not mounted at {BPFFS} and mounting it failed")]
     Mount(#[source] io::Error),
-    #[error("cannot create pin directory {0}: {1}")]
+    #[error("cannot create pin directory {0}")]
     Dir(PathBuf, #[source] io::Error),
-    #[error("cannot remove stale pin {0}: {1}")]
+    #[error("cannot remove stale pin {0}")]
     Remove(PathBuf, #[source] io::Error),
 }
 

@@ -34,9 +34,9 @@ use crate::{
 /// Bad flags or environment found before anything is attached: one line, exit code 2.
 #[derive(Debug, Error)]
 pub enum RunError {
-    #[error("cannot listen on {0}: {1}")]
+    #[error("cannot listen on {0}")]
     Listen(std::net::SocketAddr, #[source] std::io::Error),
-    #[error("cannot create state directory {0}: {1}")]
+    #[error("cannot create state directory {0}")]
     StateDir(PathBuf, #[source] std::io::Error),
     #[error("--web.telemetry-path must start with '/' and not be '/', got {0:?}")]
     TelemetryPath(String),
@@ -52,6 +52,9 @@ fn log(msg: impl AsRef<str>) {
 pub fn run(args: RunArgs) -> Result<()> {
     if !args.telemetry_path.starts_with('/') || args.telemetry_path == "/" {
         return Err(RunError::TelemetryPath(args.telemetry_path.clone()).into());
+    }
+    if !crate::loader::has_privileges() {
+        return Err(crate::loader::LoadError::Privileges.into());
     }
     // Everything that can be wrong with the flags is checked before touching the kernel.
     let listener = TcpListener::bind(args.listen).map_err(|e| RunError::Listen(args.listen, e))?;
@@ -78,6 +81,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
 
     let health = Arc::new(Health::new(&args.iface));
+    health.bpf_stats.store(args.bpf_stats, Ordering::Relaxed);
     *health.program_ids.lock().expect("not poisoned") = [
         (XDP_PROGRAM, progs.xdp().info().map(|i| i.id()).unwrap_or(0)),
         (TC_PROGRAM, progs.tc().info().map(|i| i.id()).unwrap_or(0)),

@@ -50,3 +50,119 @@ fn missing_privileges() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim(), "echo-agent: loading eBPF programs needs root or CAP_BPF and CAP_NET_ADMIN");
 }
+
+// `echo-agent run`: every flag and environment error, each in a private namespace.
+
+use xtask::netns::{spawn_in, Scratch};
+
+const BIN: &str = env!("CARGO_BIN_EXE_echo-agent");
+const MAC: &str = "02:ec:40:00:00:01";
+
+/// Runs `echo-agent run <args>` in `ns`, through `wrap` (a prefix command, possibly empty).
+fn run_in(ns: &Scratch, wrap: &[&str], args: &[&str]) -> (i32, String) {
+    let state = std::env::temp_dir().join(format!("echo-cli-{}", ns.name));
+    let mut c = if wrap.is_empty() {
+        ns.nsenter(BIN)
+    } else {
+        let mut c = ns.nsenter(wrap[0]);
+        c.args(&wrap[1..]).arg(BIN);
+        c
+    };
+    c.arg("run").args(["--state-dir", state.to_str().unwrap()]).args(args);
+    let out = c.output().expect("run echo-agent");
+    let _ = std::fs::remove_dir_all(&state);
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim().to_string())
+}
+
+fn assert_exit2(got: (i32, String), want: &str) {
+    assert_eq!(got.0, 2, "{}", got.1);
+    assert_eq!(got.1, want);
+}
+
+#[test]
+fn run_unknown_interface() {
+    let ns = Scratch::new().unwrap();
+    assert_exit2(run_in(&ns, &[], &["--iface", "nosuch0", "--device", MAC]), "echo-agent: no such interface: nosuch0");
+}
+
+#[test]
+fn run_malformed_mac() {
+    let ns = Scratch::new().unwrap();
+    assert_exit2(
+        run_in(&ns, &[], &["--iface", "lo", "--device", "02:ec:40=kitchen"]),
+        "echo-agent: invalid value '02:ec:40=kitchen' for '--device <MAC[=NAME]>': malformed MAC address \"02:ec:40\": expected six hex byte pairs like 02:ec:40:00:00:01",
+    );
+}
+
+#[test]
+fn run_malformed_marker() {
+    let ns = Scratch::new().unwrap();
+    assert_exit2(
+        run_in(&ns, &[], &["--iface", "lo", "--device", MAC, "--marker", "192.0.2.300=command_start"]),
+        "echo-agent: invalid value '192.0.2.300=command_start' for '--marker <IP=ROLE>': malformed marker \"192.0.2.300=command_start\": expected IP=ROLE with ROLE one of command_start, command_end, response_start, response_end",
+    );
+}
+
+#[test]
+fn run_malformed_listen_address() {
+    let ns = Scratch::new().unwrap();
+    let (code, err) = run_in(&ns, &[], &["--iface", "lo", "--device", MAC, "--web.listen-address", "localhost"]);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("echo-agent: invalid value 'localhost' for '--web.listen-address <LISTEN>'"), "{err}");
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn run_port_in_use() {
+    let ns = Scratch::new().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let holder = spawn_in(&ns.name, move || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        tx.send(l.local_addr().unwrap()).unwrap();
+        let _ = hold_rx.recv();
+    })
+    .unwrap();
+    let addr = rx.recv().unwrap().to_string();
+    let got = run_in(&ns, &[], &["--iface", "lo", "--device", MAC, "--web.listen-address", &addr]);
+    drop(hold_tx);
+    holder.join().unwrap();
+    assert_exit2(got, &format!("echo-agent: cannot listen on {addr}: Address already in use (os error 98)"));
+}
+
+#[test]
+fn run_bad_telemetry_path() {
+    let ns = Scratch::new().unwrap();
+    assert_exit2(
+        run_in(&ns, &[], &["--iface", "lo", "--device", MAC, "--web.telemetry-path", "metrics"]),
+        "echo-agent: --web.telemetry-path must start with '/' and not be '/', got \"metrics\"",
+    );
+}
+
+#[test]
+fn run_without_privileges() {
+    let ns = Scratch::new().unwrap();
+    let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"];
+    assert_exit2(
+        run_in(&ns, &nobody, &["--iface", "lo", "--device", MAC]),
+        "echo-agent: loading eBPF programs needs root or CAP_BPF and CAP_NET_ADMIN",
+    );
+}
+
+/// CAP_BPF and CAP_NET_ADMIN but not CAP_SYS_ADMIN, in a mount namespace where /sys/fs/bpf
+/// is not bpffs: the agent cannot mount it and says so.
+#[test]
+fn run_bpffs_not_mountable() {
+    let ns = Scratch::new().unwrap();
+    let script = format!(
+        "mount -t tmpfs none /sys/fs/bpf && exec nsenter --net=/var/run/netns/{} setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin {BIN} run --state-dir /tmp/echo-cli-bpffs-{} --iface lo --device {MAC}",
+        ns.name, ns.name
+    );
+    let out = std::process::Command::new("unshare").args(["-m", "sh", "-c", &script]).output().expect("unshare");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let _ = std::fs::remove_dir_all(format!("/tmp/echo-cli-bpffs-{}", ns.name));
+    assert_exit2(
+        (out.status.code().unwrap_or(-1), err),
+        "echo-agent: bpffs is not mounted at /sys/fs/bpf and mounting it failed: Operation not permitted (os error 1)",
+    );
+}

@@ -77,7 +77,9 @@ fn run_mode(mode: &str) {
     let name = format!("live-{mode}");
     let topo = Topology::new(1500).expect("topology");
     let _srv = servers(&topo);
-    let agent = Agent::start(Path::new(BIN), &topo, &["--device", &device_flag(), "--xdp-mode", mode, "--state-dir", &state_dir(&topo)]).expect("agent");
+    let agent = Agent::start(Path::new(BIN), &topo, &["--device", &device_flag(), "--xdp-mode", mode, "--state-dir", &state_dir(&topo), "--bpf-stats"])
+        .expect("agent");
+    check_endpoints(&agent);
     let m = agent.scrape().unwrap();
     assert_eq!(m.value("echo_xdp_attached", &[("mode", mode)]), 1.0, "{name}: attached in {mode} mode");
     assert_eq!(m.value("echo_tc_attached", &[]), 1.0);
@@ -98,7 +100,36 @@ fn run_mode(mode: &str) {
     // Each response is RESPONSE bytes of plaintext plus per-record overhead.
     assert!(down > 4 * RESPONSE as u64, "{name}: the servers' responses");
     eprintln!("{name}: upload {up} B, download {down} B, difference 0");
+    for program in ["echo_xdp", "echo_tc"] {
+        let runs = m.value("echo_bpf_runs_total", &[("program", program)]);
+        let secs = m.value("echo_bpf_run_seconds_total", &[("program", program)]);
+        eprintln!("{name}: {program} ran {runs} times, {:.0} ns per run", secs * 1e9 / runs);
+        assert!(runs > 0.0 && secs > 0.0, "{name}: kernel BPF statistics for {program}");
+    }
     cleanup(&pcap);
+}
+
+/// The landing page links the metrics; the metrics have Prometheus's content type and pass
+/// `promtool check metrics` without a single remark.
+fn check_endpoints(agent: &Agent) {
+    let landing = agent.get("/").unwrap();
+    assert_eq!((landing.status, landing.content_type.as_str()), (200, "text/html; charset=utf-8"));
+    assert!(landing.body.contains("<a href=\"/metrics\">"), "{}", landing.body);
+    let metrics = agent.get("/metrics").unwrap();
+    assert_eq!(metrics.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    use std::io::Write as _;
+    promtool.stdin.take().unwrap().write_all(metrics.body.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let remarks = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && remarks.trim().is_empty(), "promtool: {remarks}");
+    assert_eq!(agent.get("/nothing-here").unwrap().status, 404);
 }
 
 fn state_dir(topo: &Topology) -> String {

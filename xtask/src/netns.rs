@@ -237,6 +237,36 @@ impl Drop for Topology {
     }
 }
 
+/// One bare namespace (loopback up) for tests that only need somewhere private to run the
+/// agent; deleted on drop.
+pub struct Scratch {
+    pub name: String,
+}
+
+impl Scratch {
+    pub fn new() -> Result<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{PREFIX}one-{:x}x{:x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        ip(&["netns", "add", &name])?;
+        let s = Scratch { name };
+        ip(&["-n", &s.name, "link", "set", "lo", "up"])?;
+        Ok(s)
+    }
+
+    /// `program` run inside the namespace with `nsenter --net` (same mounts as the caller).
+    pub fn nsenter(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.name)).arg(program);
+        c
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns` (setns affects only the
 /// calling thread), so real sockets of this process live in the test topology.
 pub fn spawn_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<thread::JoinHandle<T>> {
@@ -255,8 +285,22 @@ pub fn spawn_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     Ok(handle)
 }
 
-/// Deletes namespaces left by test processes that no longer run (killed before Drop).
+/// Deletes namespaces, and agents' pin directories for their interfaces, left by test
+/// processes that no longer run (killed before Drop).
 pub fn remove_stale() {
+    let dead = |id: &str| {
+        id.split_once('x')
+            .and_then(|(pid, _)| u32::from_str_radix(pid, 16).ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
+    if let Ok(dirs) = std::fs::read_dir("/sys/fs/bpf/echo-agent/v1") {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix("hl").is_some_and(dead) {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
+        }
+    }
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");

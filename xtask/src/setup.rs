@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context as _, Result};
 
 /// Debian packages: LLVM 22 for bpf-linker, tshark (ground truth), tcpdump (captures),
-/// iproute2 (namespaces), openssl (the second real TLS stack), ethtool.
+/// iproute2 (namespaces), openssl (the second real TLS stack), ethtool, util-linux (nsenter,
+/// setpriv), prometheus (promtool checks the exposition format).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -15,6 +16,8 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "openssl",
     "ethtool",
+    "util-linux",
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
