@@ -37,7 +37,40 @@ pub enum Command {
         devices: Vec<Mac>,
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
+        /// A marker address and its role, IP=ROLE; with markers the report adds frames.
+        #[arg(long = "marker", value_name = "IP=ROLE")]
+        markers: Vec<MarkerSpec>,
+        /// Arm names assigned to frames in rotation, e.g. I_1,I_2.
+        #[arg(long, value_delimiter = ',')]
+        arms: Vec<String>,
+        #[command(flatten)]
+        activation: ActivationArgs,
     },
+}
+
+/// Activation-window parameters (see `activation`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ActivationArgs {
+    /// App-data upload bytes within --activation-window that open an interaction.
+    #[arg(long, default_value_t = 12_000)]
+    pub activation_bytes: u64,
+    /// Seconds over which --activation-bytes must be reached.
+    #[arg(long, default_value_t = 1.0)]
+    pub activation_window: f64,
+    /// Seconds without app-data upload that close an interaction.
+    #[arg(long, default_value_t = 2.0)]
+    pub idle_gap: f64,
+}
+
+impl ActivationArgs {
+    pub fn params(&self) -> crate::activation::Params {
+        let d = |s: f64| std::time::Duration::from_secs_f64(s.max(0.0));
+        crate::activation::Params {
+            activation_bytes: self.activation_bytes,
+            activation_window: d(self.activation_window),
+            idle_gap: d(self.idle_gap),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]

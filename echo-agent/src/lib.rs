@@ -1,4 +1,5 @@
 //! echo-agent: user space of the echo eBPF programs.
+pub mod activation;
 pub mod api;
 pub mod attach;
 pub mod capture;
@@ -7,6 +8,7 @@ pub mod counters;
 pub mod device;
 pub mod events;
 pub mod exporter;
+pub mod frames;
 pub mod gso;
 pub mod loader;
 pub mod markers;

@@ -37,8 +37,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("removed {} from {}", removed.join(", "), pins::dir_for(&iface).display());
             }
         }
-        Command::Replay { pcap, devices, format } => {
-            let report = replay::replay(&pcap, &devices)?;
+        Command::Replay { pcap, devices, format, markers, arms, activation } => {
+            let analysis = replay::Analysis { markers, arms, params: activation.params() };
+            let report = replay::replay(&pcap, &devices, &analysis)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string(&report)?),
                 Format::Table => print!("{}", replay::table(&report)),

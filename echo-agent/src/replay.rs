@@ -8,10 +8,19 @@ use aya::{
     maps::RingBuf,
     programs::{TestRun, TestRunOptions},
 };
-use echo_common::{DestKey, DestStats, Event, CLASS_NAMES, MAP_EVENTS, DIR_DOWNLOAD, DIR_UPLOAD, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use echo_common::{DestKey, DestStats, Event, CLASS_NAMES, EVENT_APP_DATA, EVENT_MARKER, MAP_EVENTS, DIR_DOWNLOAD, DIR_UPLOAD, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 use serde::Serialize;
 
-use crate::{capture, counters, device::Mac, events, gso, loader::Programs};
+use crate::{
+    activation::{Interaction, Params, Tracker},
+    capture, counters,
+    device::Mac,
+    events,
+    frames::{self, ArmStats, Frame, Upload},
+    gso,
+    loader::Programs,
+    markers::{MarkerSpec, Role},
+};
 
 /// Smallest frame XDP test_run accepts (an Ethernet header); shorter ones are counted apart.
 const MIN_FRAME: usize = 14;
@@ -30,6 +39,21 @@ pub struct DeviceReport {
     pub destinations: Vec<Destination>,
     /// Packet classes per direction ("upload", "download").
     pub classes: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// Activation windows found in the device's app-data events (see `activation`).
+    pub interactions: Vec<Interaction>,
+    /// App-data upload outside any interaction (heartbeats and the like).
+    pub background_upload_bytes: u64,
+    /// Marker-framed trials and their per-arm statistics (with `--marker`).
+    pub frames: Vec<Frame>,
+    pub arms: Vec<ArmStats>,
+}
+
+/// What replay derives from the events besides counters.
+#[derive(Debug, Clone, Default)]
+pub struct Analysis {
+    pub markers: Vec<MarkerSpec>,
+    pub arms: Vec<String>,
+    pub params: Params,
 }
 
 /// One remote endpoint (address, port, protocol) of a device.
@@ -187,9 +211,14 @@ pub fn run_one(progs: &Programs, frame: &[u8], devices: &[Mac]) -> Result<u32> {
     Ok(r.return_value)
 }
 
-/// Builds the replay document from the maps.
-pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64) -> Result<Report> {
+/// Builds the replay document from the maps and the events.
+pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64, events: &[Event], analysis: &Analysis) -> Result<Report> {
     let snap = counters::read(&progs.ebpf)?;
+    let marker_times: Vec<(u64, Role)> = events
+        .iter()
+        .filter(|e| e.kind == EVENT_MARKER)
+        .filter_map(|e| analysis.markers.get(e.marker as usize).map(|m| (e.ts_ns, m.role)))
+        .collect();
     let devices = devices
         .iter()
         .enumerate()
@@ -198,18 +227,52 @@ pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64)
                 .into_iter()
                 .map(|(name, dir)| (name, CLASS_NAMES.iter().copied().zip(snap.classes_of(i as u32, dir)).collect()))
                 .collect();
-            DeviceReport { mac: mac.to_string(), destinations: destinations(&snap, i as u32), classes }
+            let mut tracker = Tracker::new(&mac.to_string(), analysis.params);
+            let mut uploads = Vec::new();
+            for e in events {
+                match e.kind {
+                    EVENT_MARKER => {
+                        if let Some(m) = analysis.markers.get(e.marker as usize) {
+                            tracker.marker(e.ts_ns, m.role);
+                        }
+                    }
+                    EVENT_APP_DATA if e.device as usize == i => {
+                        let ev_key = DestKey { addr: e.addr, family: e.family, ..DestKey::default() };
+                        if e.direction == DIR_UPLOAD {
+                            let u = Upload { ts_ns: e.ts_ns, dest: key_ip(&ev_key), bytes: e.bytes as u64 };
+                            uploads.push(u);
+                            tracker.upload(u, e.records as u64);
+                        } else {
+                            tracker.download(e.ts_ns, e.bytes as u64, e.records as u64);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            tracker.finish();
+            let frames = frames::frames(&marker_times, &uploads, &analysis.arms);
+            DeviceReport {
+                mac: mac.to_string(),
+                destinations: destinations(&snap, i as u32),
+                classes,
+                background_upload_bytes: tracker.background_bytes,
+                interactions: tracker.done,
+                arms: frames::arm_stats(&frames),
+                frames,
+            }
         })
         .collect();
     Ok(Report { frames, short_frames, devices })
 }
 
 /// Loads the programs, replays `path` for `devices`, and reports.
-pub fn replay(path: &Path, devices: &[Mac]) -> Result<Report> {
+pub fn replay(path: &Path, devices: &[Mac], analysis: &Analysis) -> Result<Report> {
     let mut progs = Programs::load()?;
     progs.set_devices(devices)?;
-    let (frames, short, _events) = run_frames(&mut progs, path, devices)?;
-    report(&progs, devices, frames, short)
+    let keys: Vec<_> = analysis.markers.iter().map(|m| m.key()).collect();
+    progs.set_markers(&keys)?;
+    let (frames, short, events) = run_frames(&mut progs, path, devices)?;
+    report(&progs, devices, frames, short, &events, analysis)
 }
 
 /// A fixed-width table for people.

@@ -59,7 +59,7 @@ fn differential(name: &str, mtu: u32, clients: Vec<Client>) {
 
     let mac = Mac(DEVICE_MAC);
     eprintln!("{name}: capture {}", pcap.display());
-    let report = replay::replay(&pcap, &[mac]).expect("replay");
+    let report = replay::replay(&pcap, &[mac], &Default::default()).expect("replay");
     let ours = &report.devices[0].destinations;
     for dir in [Direction::Upload, Direction::Download] {
         let truth = tshark::totals(&pcap, &mac.to_string(), dir).expect("tshark");
@@ -95,7 +95,7 @@ fn differential(name: &str, mtu: u32, clients: Vec<Client>) {
     let ng = pcap.with_extension("pcapng");
     let st = std::process::Command::new("editcap").args(["-F", "pcapng"]).arg(&pcap).arg(&ng).status().expect("editcap");
     assert!(st.success());
-    let report_ng = replay::replay(&ng, &[mac]).expect("replay pcapng");
+    let report_ng = replay::replay(&ng, &[mac], &Default::default()).expect("replay pcapng");
     assert_eq!(report_ng.devices, report.devices, "{name}: pcapng replay");
     let _ = std::fs::remove_file(&ng);
     if std::env::var_os("ECHO_KEEP_PCAP").is_none() {

@@ -117,7 +117,7 @@ fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey) -> Pa
         direction: key.direction,
         _pad: [0; 2],
     };
-    if seg.flags & tcp::SYN != 0 {
+    if seg.flags & tcp::SYN != 0 && !tls_records::same_stream(FLOWS.get_ptr(&fkey), seg.seq) {
         let mut fresh = FlowState::default();
         tls_records::on_syn(&mut fresh, seg.seq);
         if FLOWS.insert(&fkey, &fresh, 0).is_ok() {

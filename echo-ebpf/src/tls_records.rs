@@ -385,6 +385,19 @@ pub fn on_syn(f: &mut FlowState, isn: u32) {
     f.flags = FLOW_STREAM_START;
 }
 
+/// Whether a SYN with initial sequence number `isn` belongs to the flow already tracked at
+/// `f`: a retransmitted or late-delivered duplicate (its stream starts at or before where the
+/// flow stands) rather than a new connection on the same 4-tuple (whose random ISN lies far
+/// away). A duplicate must not reset a flow that has moved on.
+#[inline(always)]
+pub fn same_stream(f: Option<*const FlowState>, isn: u32) -> bool {
+    let Some(f) = f else { return false };
+    // SAFETY: a valid map value pointer; a racing update can only make this check stale.
+    let seq_high = unsafe { (*f).seq_high };
+    let ahead = seq_diff(seq_high, isn.wrapping_add(1));
+    ahead > 0 && ahead < MAX_SEQ_JUMP
+}
+
 /// A flow first seen in the middle of its stream: unsynced from `seq` on.
 #[inline(always)]
 pub fn on_pickup(f: &mut FlowState, seq: u32) {

@@ -6,5 +6,6 @@ pub mod demo;
 pub mod http;
 pub mod netns;
 pub mod packets;
+pub mod ping;
 pub mod tls;
 pub mod tshark;

@@ -78,6 +78,20 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A veth pair `a` (in `ns`) ↔ `b` (in `peer_ns`), one queue each way. veth otherwise gets
+/// one receive queue per CPU, each with its own NAPI context, and spreads one flow's packets
+/// over them by sending CPU: a multi-queue NIC without receive-side scaling, which processes
+/// a flow on two CPUs at once. One queue is what a Wi-Fi interface has.
+fn veth(ns: &str, a: &str, b: &str, peer_ns: &str) -> Result<()> {
+    let q = ["numtxqueues", "1", "numrxqueues", "1"];
+    let mut args = vec!["-n", ns, "link", "add", a];
+    args.extend(q);
+    args.extend(["type", "veth", "peer", "name", b]);
+    args.extend(q);
+    args.extend(["netns", peer_ns]);
+    ip(&args)
+}
+
 fn mac(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -106,7 +120,9 @@ impl Topology {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         let bridge = t.bridge();
-        ip(&["-n", &t.air_ns, "link", "add", &bridge, "type", "bridge"])?;
+        // No multicast snooping: IPv6 neighbour solicitations must reach every station at
+        // once, as on a radio, not wait for MLD reports.
+        ip(&["-n", &t.air_ns, "link", "add", &bridge, "type", "bridge", "mcast_snooping", "0"])?;
         ip(&["-n", &t.air_ns, "link", "set", &bridge, "mtu", &mtu.to_string(), "up"])?;
         let controller_if = format!("ct{}", t.id);
         t.client(&t.device_ns, &t.device_if, &format!("ad{}", t.id), Some(DEVICE_MAC), DEVICE_V4, Some(DEVICE_V6))?;
@@ -116,7 +132,7 @@ impl Topology {
         let hotspot_wan = format!("hw{}", t.id);
         let cloud_if = format!("cl{}", t.id);
         let mtu_s = mtu.to_string();
-        ip(&["-n", &t.hotspot_ns, "link", "add", &hotspot_wan, "type", "veth", "peer", "name", &cloud_if, "netns", &t.cloud_ns])?;
+        veth(&t.hotspot_ns, &hotspot_wan, &cloud_if, &t.cloud_ns)?;
         ip(&["-n", &t.hotspot_ns, "link", "set", &hotspot_wan, "mtu", &mtu_s, "up"])?;
         ip(&["-n", &t.cloud_ns, "link", "set", &cloud_if, "mtu", &mtu_s, "up"])?;
         t.addr(&t.hotspot_ns, &hotspot_wan, format!("{HOTSPOT_WAN_V4}/24"))?;
@@ -175,7 +191,7 @@ impl Topology {
     /// and default routes through the hotspot.
     fn client(&self, ns: &str, dev: &str, port: &str, mac_addr: Option<[u8; 6]>, v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Result<()> {
         let mtu = self.mtu.to_string();
-        ip(&["-n", ns, "link", "add", dev, "type", "veth", "peer", "name", port, "netns", &self.air_ns])?;
+        veth(ns, dev, port, &self.air_ns)?;
         ip(&["-n", &self.air_ns, "link", "set", port, "master", &self.bridge(), "mtu", &mtu, "up"])?;
         if let Some(m) = mac_addr {
             ip(&["-n", ns, "link", "set", dev, "address", &mac(m)])?;
@@ -194,7 +210,7 @@ impl Topology {
     fn add_hotspot_lan(&self) -> Result<()> {
         let port = format!("ah{}", self.id);
         let mtu = self.mtu.to_string();
-        ip(&["-n", &self.hotspot_ns, "link", "add", &self.hotspot_lan_if, "type", "veth", "peer", "name", &port, "netns", &self.air_ns])?;
+        veth(&self.hotspot_ns, &self.hotspot_lan_if, &port, &self.air_ns)?;
         ip(&["-n", &self.air_ns, "link", "set", &port, "master", &self.bridge(), "mtu", &mtu, "up"])?;
         ip(&["-n", &self.hotspot_ns, "link", "set", &self.hotspot_lan_if, "address", &mac(HOTSPOT_MAC), "mtu", &mtu, "up"])?;
         self.addr(&self.hotspot_ns, &self.hotspot_lan_if, format!("{HOTSPOT_LAN_V4}/24"))?;

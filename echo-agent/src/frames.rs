@@ -1,0 +1,192 @@
+//! Marker-framed trials, the research protocol of the seed paper: a frame runs from a
+//! `command_start` marker ping to the next `response_start`; its value is the upload to the
+//! destination that received the most bytes within it. Arms are assigned in rotation (trials
+//! were played alternately), and per arm the IQR filter drops outliers before the summary.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::markers::Role;
+
+/// One app-data upload event of a device (see `echo_common::Event`), times in nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Upload {
+    pub ts_ns: u64,
+    pub dest: IpAddr,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Frame {
+    pub index: usize,
+    pub arm: String,
+    /// Seconds, in the events' clock.
+    pub start: f64,
+    pub end: f64,
+    pub top_destination: Option<IpAddr>,
+    pub upload_bytes: u64,
+}
+
+/// Cuts `uploads` into frames between `command_start` and the next `response_start` marker.
+/// A `command_start` with no `response_start` after it opens no frame. Arms rotate over
+/// `arms` by frame index ("arm" is "all" when none are given).
+pub fn frames(markers: &[(u64, Role)], uploads: &[Upload], arms: &[String]) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let mut start: Option<u64> = None;
+    for &(ts, role) in markers {
+        match role {
+            Role::CommandStart => start = Some(ts),
+            Role::ResponseStart => {
+                if let Some(s) = start.take() {
+                    let index = out.len();
+                    let (top, bytes) = top_destination(uploads.iter().filter(|u| u.ts_ns >= s && u.ts_ns < ts));
+                    let arm = if arms.is_empty() { "all".to_string() } else { arms[index % arms.len()].clone() };
+                    out.push(Frame { index, arm, start: secs(s), end: secs(ts), top_destination: top, upload_bytes: bytes });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The destination with the most bytes and its bytes (ties: the lower address).
+pub fn top_destination<'a>(uploads: impl Iterator<Item = &'a Upload>) -> (Option<IpAddr>, u64) {
+    let mut by_dest: BTreeMap<IpAddr, u64> = BTreeMap::new();
+    for u in uploads {
+        *by_dest.entry(u.dest).or_default() += u.bytes;
+    }
+    by_dest.into_iter().fold((None, 0), |best, (ip, b)| if b > best.1 || best.0.is_none() { (Some(ip), b) } else { best })
+}
+
+pub fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ArmStats {
+    pub arm: String,
+    pub n: usize,
+    pub kept: usize,
+    pub mean: f64,
+    /// Sample standard deviation (n − 1) of the kept values; 0 with fewer than two.
+    pub sd: f64,
+    pub median: f64,
+}
+
+/// Per arm, in order of first appearance: the IQR filter, then mean, SD and median.
+pub fn arm_stats(frames: &[Frame]) -> Vec<ArmStats> {
+    let mut arms: Vec<(String, Vec<f64>)> = Vec::new();
+    for f in frames {
+        match arms.iter_mut().find(|(a, _)| *a == f.arm) {
+            Some((_, v)) => v.push(f.upload_bytes as f64),
+            None => arms.push((f.arm.clone(), vec![f.upload_bytes as f64])),
+        }
+    }
+    arms.into_iter()
+        .map(|(arm, values)| {
+            let kept = iqr_filter(&values);
+            ArmStats { arm, n: values.len(), kept: kept.len(), mean: mean(&kept), sd: sd(&kept), median: quantile(&kept, 0.5) }
+        })
+        .collect()
+}
+
+/// Keeps x when Q1 − 1.5·IQR < x < Q3 + 1.5·IQR (strict, as the paper states).
+pub fn iqr_filter(values: &[f64]) -> Vec<f64> {
+    let q1 = quantile(values, 0.25);
+    let q3 = quantile(values, 0.75);
+    let iqr = q3 - q1;
+    values.iter().copied().filter(|&x| q1 - 1.5 * iqr < x && x < q3 + 1.5 * iqr).collect()
+}
+
+/// The inclusive quantile (Excel's QUARTILE.INC, numpy's default "linear"): position
+/// p·(n − 1) in the sorted values, interpolated. NaN when empty.
+pub fn quantile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = p * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+pub fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+}
+
+pub fn sd(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn quartiles_are_inclusive() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(quantile(&v, 0.25), 2.75);
+        assert_eq!(quantile(&v, 0.5), 4.5);
+        assert_eq!(quantile(&v, 0.75), 6.25);
+    }
+
+    #[test]
+    fn iqr_drops_the_outlier_only() {
+        // Sorted: 44,000 44,500 45,000 45,500 46,000 48,000 90,000. Q1 at position 1.5 =
+        // 44,750; Q3 at 4.5 = 47,000; IQR 2,250: keep 41,375 < x < 50,375.
+        let v = [44_000.0, 45_000.0, 46_000.0, 44_500.0, 45_500.0, 90_000.0, 48_000.0];
+        assert_eq!((quantile(&v, 0.25), quantile(&v, 0.75)), (44_750.0, 47_000.0));
+        assert_eq!(iqr_filter(&v), vec![44_000.0, 45_000.0, 46_000.0, 44_500.0, 45_500.0, 48_000.0]);
+    }
+
+    #[test]
+    fn frames_take_the_top_destination_and_rotate_arms() {
+        let s = 1_000_000_000u64;
+        let markers = [
+            (s, Role::CommandStart),
+            (2 * s, Role::CommandEnd),
+            (4 * s, Role::ResponseStart),
+            (5 * s, Role::ResponseEnd),
+            (10 * s, Role::CommandStart),
+            (13 * s, Role::ResponseStart),
+            (20 * s, Role::CommandStart), // never answered: no frame
+        ];
+        let up = |t: u64, d: &str, b: u64| Upload { ts_ns: t, dest: ip(d), bytes: b };
+        let uploads = [
+            up(s / 2, "10.0.0.1", 999), // before the frame
+            up(s, "10.0.0.1", 30_000),
+            up(3 * s, "10.0.0.1", 15_000),
+            up(3 * s, "10.0.0.2", 40_000),
+            up(4 * s, "10.0.0.1", 5), // at response_start: outside
+            up(11 * s, "10.0.0.3", 100),
+            up(12 * s, "10.0.0.1", 44_900),
+        ];
+        let f = frames(&markers, &uploads, &["I_1".into(), "I_2".into()]);
+        assert_eq!(f.len(), 2);
+        assert_eq!((f[0].arm.as_str(), f[0].top_destination, f[0].upload_bytes), ("I_1", Some(ip("10.0.0.1")), 45_000));
+        assert_eq!((f[0].start, f[0].end), (1.0, 4.0));
+        assert_eq!((f[1].arm.as_str(), f[1].top_destination, f[1].upload_bytes), ("I_2", Some(ip("10.0.0.1")), 44_900));
+    }
+
+    #[test]
+    fn arm_summary() {
+        let mk = |arm: &str, b: u64| Frame { index: 0, arm: arm.into(), start: 0.0, end: 0.0, top_destination: None, upload_bytes: b };
+        let f: Vec<Frame> = [40_000, 42_000, 44_000, 46_000, 200_000].iter().map(|&b| mk("a", b)).collect();
+        let s = &arm_stats(&f)[0];
+        assert_eq!((s.n, s.kept), (5, 4));
+        assert_eq!(s.mean, 43_000.0);
+        assert_eq!(s.median, 43_000.0);
+        assert!((s.sd - 2_581.988_897_471_611).abs() < 1e-6, "{}", s.sd);
+    }
+}
