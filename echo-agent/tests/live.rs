@@ -216,3 +216,29 @@ fn interface_deleted_and_recreated() {
     assert_eq!((after - before) as u64, t.values().sum::<u64>(), "counting resumed, exactly");
     cleanup(&pcap);
 }
+
+/// A pinned map whose layout is not this agent's is recreated, with a note saying so; SIGTERM
+/// unpins the links (the programs detach) and keeps the maps; `detach` removes the rest.
+#[test]
+fn layout_mismatch_recreated_and_clean_detach() {
+    let topo = Topology::new(1500).expect("topology");
+    let dir = Path::new("/sys/fs/bpf/echo-agent/v1").join(&topo.hotspot_lan_if);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A one-entry per-CPU array pinned where DEST_STATS belongs.
+    let other = echo_agent::loader::Programs::load().unwrap();
+    other.ebpf.map("EVENT_DROPS").unwrap().pin(dir.join("DEST_STATS")).unwrap();
+    drop(other);
+    let mut agent = Agent::start(Path::new(BIN), &topo, &["--device", &device_flag(), "--state-dir", &state_dir(&topo)]).expect("agent");
+    let log = agent.log_text();
+    assert!(
+        log.contains("echo-agent: pinned map DEST_STATS has layout key=4 value=8 entries=1, this agent needs key=24 value=104 entries=16384: recreated (its counts start over)"),
+        "{log}"
+    );
+    assert_eq!(agent.terminate().unwrap().code(), Some(0));
+    let left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| !n.starts_with("link_")), "links unpinned on SIGTERM: {left:?}");
+    assert!(left.contains(&"DEST_STATS".to_string()), "maps kept: {left:?}");
+    let out = agent.detach().unwrap();
+    assert!(out.starts_with("removed CLASS_COUNTERS, DEST_STATS,"), "{out}");
+    assert!(!dir.exists());
+}
