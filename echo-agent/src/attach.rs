@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use crate::{
     loader::{is_eperm, Programs},
-    pins::{self, link_ifindex, TC_LINK, XDP_LINK_DRIVER, XDP_LINK_SKB},
+    pins::{link_ifindex, TC_LINK, XDP_LINK_DRIVER, XDP_LINK_SKB},
 };
 
 /// `--xdp-mode`.
@@ -192,11 +192,4 @@ fn attach_tc(progs: &mut Programs, iface: &str, index: u32, dir: &Path) -> Resul
     let link = FdLink::try_from(tc.take_link(id).map_err(err)?).map_err(|e| link_err(iface, e))?;
     let link = pin(link, &path)?;
     Ok((Held { link, path }, false))
-}
-
-/// The pin directory for `iface`, prepared (bpffs mounted, directory created).
-pub fn prepare_dir(iface: &str) -> Result<PathBuf, pins::PinError> {
-    let dir = pins::dir_for(iface);
-    pins::prepare(&dir)?;
-    Ok(dir)
 }

@@ -37,20 +37,20 @@ pub struct Health {
     pub tc_attached: AtomicBool,
     pub xdp_mode: Mutex<&'static str>,
     /// Kernel program ids, for run-time statistics.
-    pub program_ids: Mutex<Vec<(&'static str, u32)>>,
+    pub program_ids: Vec<(&'static str, u32)>,
     /// This agent turned the kernel's BPF run-time statistics on.
-    pub bpf_stats: AtomicBool,
+    pub bpf_stats: bool,
 }
 
 impl Health {
-    pub fn new(iface: &str) -> Self {
+    pub fn new(iface: &str, program_ids: Vec<(&'static str, u32)>, bpf_stats: bool) -> Self {
         Health {
             iface: iface.to_string(),
             xdp_attached: AtomicBool::new(false),
             tc_attached: AtomicBool::new(false),
             xdp_mode: Mutex::new("none"),
-            program_ids: Mutex::new(Vec::new()),
-            bpf_stats: AtomicBool::new(false),
+            program_ids,
+            bpf_stats,
         }
     }
 }
@@ -147,6 +147,10 @@ fn dir_name(dir: u8) -> &'static str {
     if dir == DIR_UPLOAD { "upload" } else { "download" }
 }
 
+fn tls_metric(dir: u8) -> &'static str {
+    if dir == DIR_UPLOAD { "echo_upload_tls_bytes_total" } else { "echo_download_tls_bytes_total" }
+}
+
 impl MapCollector {
     fn device_rows(&self, snap: &Snapshot, rows: &mut Rows) {
         let mut named = self.named.lock().expect("not poisoned");
@@ -167,13 +171,11 @@ impl MapCollector {
                 }
             }
             let set = named.entry(*index).or_default();
-            let mut ranked: Vec<(u64, IpAddr)> = Vec::new();
+            let mut both_dirs: BTreeMap<IpAddr, u64> = BTreeMap::new();
             for ((_, ip), b) in &by_ip {
-                match ranked.iter_mut().find(|r| r.1 == *ip) {
-                    Some(r) => r.0 += b,
-                    None => ranked.push((*b, *ip)),
-                }
+                *both_dirs.entry(*ip).or_default() += b;
             }
+            let mut ranked: Vec<(u64, IpAddr)> = both_dirs.into_iter().map(|(ip, b)| (b, ip)).collect();
             ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             for (_, ip) in ranked {
                 if set.len() >= self.max_destinations {
@@ -183,17 +185,15 @@ impl MapCollector {
             }
             let mut other = [0u64; 2];
             for ((dir, ip), b) in &by_ip {
-                let name = if *dir == DIR_UPLOAD { "echo_upload_tls_bytes_total" } else { "echo_download_tls_bytes_total" };
                 if set.contains(ip) {
-                    rows.add(name, &[label, &ip.to_string()], *b as f64);
+                    rows.add(tls_metric(*dir), &[label, &ip.to_string()], *b as f64);
                 } else {
                     other[(*dir & 1) as usize] += b;
                 }
             }
             for dir in [DIR_UPLOAD, DIR_DOWNLOAD] {
-                let name = if dir == DIR_UPLOAD { "echo_upload_tls_bytes_total" } else { "echo_download_tls_bytes_total" };
                 if other[dir as usize] > 0 {
-                    rows.add(name, &[label, OTHER], other[dir as usize] as f64);
+                    rows.add(tls_metric(dir), &[label, OTHER], other[dir as usize] as f64);
                 }
                 let d = per_dir[dir as usize];
                 rows.add("echo_handshake_bytes_total", &[label, dir_name(dir)], d[0] as f64);
@@ -225,10 +225,9 @@ impl MapCollector {
         for (role, n) in pings {
             rows.add("echo_marker_pings_total", &[role], n as f64);
         }
-        if h.bpf_stats.load(Ordering::Relaxed) || sysctl_bpf_stats() {
-            let ids = h.program_ids.lock().expect("not poisoned").clone();
+        if h.bpf_stats || sysctl_bpf_stats() {
             for info in aya::programs::loaded_programs().flatten() {
-                if let Some((name, _)) = ids.iter().find(|(_, id)| *id == info.id()) {
+                if let Some((name, _)) = h.program_ids.iter().find(|(_, id)| *id == info.id()) {
                     rows.add("echo_bpf_run_seconds_total", &[name], info.run_time().as_secs_f64());
                     rows.add("echo_bpf_runs_total", &[name], info.run_count() as f64);
                 }

@@ -56,6 +56,13 @@ pub fn dir_for(iface: &str) -> PathBuf {
     Path::new(PIN_ROOT).join(iface)
 }
 
+/// The pin directory of `iface`, ready for use (bpffs mounted, directory created).
+pub fn prepare_for(iface: &str) -> Result<PathBuf, PinError> {
+    let dir = dir_for(iface);
+    prepare(&dir)?;
+    Ok(dir)
+}
+
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Mounts bpffs at `/sys/fs/bpf` unless it is there, then creates `dir`.

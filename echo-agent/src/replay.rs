@@ -104,10 +104,15 @@ impl From<&DestStats> for Counts {
 }
 
 pub fn key_ip(k: &DestKey) -> IpAddr {
-    if k.family == FAMILY_V4 {
-        IpAddr::from(<[u8; 4]>::try_from(&k.addr[..4]).expect("4 bytes"))
+    addr_ip(&k.addr, k.family)
+}
+
+/// An address as the programs store it: IPv4 in the first 4 bytes, or IPv6.
+pub fn addr_ip(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from(<[u8; 4]>::try_from(&addr[..4]).expect("4 bytes"))
     } else {
-        IpAddr::from(k.addr)
+        IpAddr::from(*addr)
     }
 }
 
@@ -237,9 +242,8 @@ pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64,
                         }
                     }
                     EVENT_APP_DATA if e.device as usize == i => {
-                        let ev_key = DestKey { addr: e.addr, family: e.family, ..DestKey::default() };
                         if e.direction == DIR_UPLOAD {
-                            let u = Upload { ts_ns: e.ts_ns, dest: key_ip(&ev_key), bytes: e.bytes as u64 };
+                            let u = Upload { ts_ns: e.ts_ns, dest: addr_ip(&e.addr, e.family), bytes: e.bytes as u64 };
                             uploads.push(u);
                             tracker.upload(u, e.records as u64);
                         } else {

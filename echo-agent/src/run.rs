@@ -67,7 +67,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .create(&args.state_dir)
         .map_err(|e| RunError::StateDir(args.state_dir.clone(), e))?;
 
-    let dir = attach::prepare_dir(&args.iface)?;
+    let dir = pins::prepare_for(&args.iface)?;
     let (mut progs, notes) = Programs::load_pinned(&dir)?;
     notes.iter().for_each(log);
     let macs: Vec<_> = args.devices.iter().map(|d| d.mac).collect();
@@ -80,13 +80,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         None
     };
 
-    let health = Arc::new(Health::new(&args.iface));
-    health.bpf_stats.store(args.bpf_stats, Ordering::Relaxed);
-    *health.program_ids.lock().expect("not poisoned") = [
+    let program_ids = vec![
         (XDP_PROGRAM, progs.xdp().info().map(|i| i.id()).unwrap_or(0)),
         (TC_PROGRAM, progs.tc().info().map(|i| i.id()).unwrap_or(0)),
-    ]
-    .to_vec();
+    ];
+    let health = Arc::new(Health::new(&args.iface, program_ids, args.bpf_stats));
     let mut links = Some(attach_logged(&mut progs, &args, &dir, &health)?);
 
     let ring = RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).context("the object defines EVENTS")?)?;
