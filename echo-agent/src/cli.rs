@@ -43,6 +43,10 @@ pub enum Command {
         /// Arm names assigned to frames in rotation, e.g. I_1,I_2.
         #[arg(long, value_delimiter = ',')]
         arms: Vec<String>,
+        /// The microphone was muted from FROM to TO (epoch seconds; either may be left out,
+        /// `..` is the whole capture). Repeat for several spans.
+        #[arg(long = "muted", value_name = "FROM..TO")]
+        muted: Vec<MutedSpan>,
         #[command(flatten)]
         activation: ActivationArgs,
     },
@@ -60,6 +64,14 @@ pub struct ActivationArgs {
     /// Seconds without app-data upload that close an interaction.
     #[arg(long, default_value_t = 2.0)]
     pub idle_gap: f64,
+    /// Largest single-record upload (payload bytes) outside interactions that can be a
+    /// heartbeat.
+    #[arg(long, default_value_t = 256)]
+    pub heartbeat_max_bytes: u64,
+    /// Seconds: each heartbeat size may go up at most once per this interval; more is
+    /// unexpected upload.
+    #[arg(long, default_value_t = 10.0)]
+    pub heartbeat_min_interval: f64,
 }
 
 impl ActivationArgs {
@@ -69,6 +81,10 @@ impl ActivationArgs {
             activation_bytes: self.activation_bytes,
             activation_window: d(self.activation_window),
             idle_gap: d(self.idle_gap),
+            heartbeat: crate::heartbeats::HeartbeatParams {
+                max_bytes: self.heartbeat_max_bytes,
+                min_interval: d(self.heartbeat_min_interval),
+            },
         }
     }
 }
@@ -85,6 +101,11 @@ pub struct RunArgs {
     /// response_end): echo requests to it mark time. Repeat for several.
     #[arg(long = "marker", value_name = "IP=ROLE")]
     pub markers: Vec<MarkerSpec>,
+    /// Arm names assigned to marker-framed trials in rotation, e.g. I_1,I_2.
+    #[arg(long, value_delimiter = ',')]
+    pub arms: Vec<String>,
+    #[command(flatten)]
+    pub activation: ActivationArgs,
     /// Where metrics and the API listen. Loopback by default; see the README to expose it.
     #[arg(long = "web.listen-address", default_value = "127.0.0.1:9977")]
     pub listen: SocketAddr,
@@ -92,7 +113,7 @@ pub struct RunArgs {
     pub telemetry_path: String,
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,
-    /// Durable state (interaction log).
+    /// Durable state: the interaction log (interactions.jsonl).
     #[arg(long, default_value = "/var/lib/echo-agent")]
     pub state_dir: PathBuf,
     /// Leave the programs attached and counting when the agent exits.
@@ -107,8 +128,48 @@ pub struct RunArgs {
     pub bpf_stats: bool,
 }
 
+/// A span of time the microphone was muted, in epoch seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MutedSpan {
+    pub from: f64,
+    pub to: f64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed span {0:?}: expected FROM..TO in epoch seconds, either may be left out")]
+pub struct SpanError(String);
+
+impl std::str::FromStr for MutedSpan {
+    type Err = SpanError;
+    fn from_str(s: &str) -> Result<Self, SpanError> {
+        let err = || SpanError(s.to_string());
+        let (a, b) = s.split_once("..").ok_or_else(err)?;
+        let end = |x: &str, open: f64| if x.is_empty() { Ok(open) } else { x.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(err) };
+        let span = MutedSpan { from: end(a, f64::NEG_INFINITY)?, to: end(b, f64::INFINITY)? };
+        if span.from > span.to {
+            return Err(err());
+        }
+        Ok(span)
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
     Json,
     Table,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn muted_spans() {
+        assert_eq!("10.5..20".parse(), Ok(MutedSpan { from: 10.5, to: 20.0 }));
+        assert_eq!("..".parse(), Ok(MutedSpan { from: f64::NEG_INFINITY, to: f64::INFINITY }));
+        assert_eq!("5..".parse::<MutedSpan>().unwrap().to, f64::INFINITY);
+        for bad in ["", "5", "20..10", "a..b", "NaN..1"] {
+            assert!(bad.parse::<MutedSpan>().is_err(), "{bad}");
+        }
+    }
 }

@@ -5,9 +5,9 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::markers::Role;
+use crate::{clock::Clock, markers::Role};
 
 /// One app-data upload event of a device (see `echo_common::Event`), times in nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -17,38 +17,67 @@ pub struct Upload {
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
+    pub device: String,
+    /// The device's frames are numbered from 0 (across restarts of the live agent).
     pub index: usize,
     pub arm: String,
-    /// Seconds, in the events' clock.
+    /// Epoch seconds (capture time in replay).
     pub start: f64,
     pub end: f64,
     pub top_destination: Option<IpAddr>,
     pub upload_bytes: u64,
 }
 
-/// Cuts `uploads` into frames between `command_start` and the next `response_start` marker.
-/// A `command_start` with no `response_start` after it opens no frame. Arms rotate over
-/// `arms` by frame index ("arm" is "all" when none are given).
-pub fn frames(markers: &[(u64, Role)], uploads: &[Upload], arms: &[String]) -> Vec<Frame> {
-    let mut out = Vec::new();
-    let mut start: Option<u64> = None;
-    for &(ts, role) in markers {
-        match role {
-            Role::CommandStart => start = Some(ts),
-            Role::ResponseStart => {
-                if let Some(s) = start.take() {
-                    let index = out.len();
-                    let (top, bytes) = top_destination(uploads.iter().filter(|u| u.ts_ns >= s && u.ts_ns < ts));
-                    let arm = if arms.is_empty() { "all".to_string() } else { arms[index % arms.len()].clone() };
-                    out.push(Frame { index, arm, start: secs(s), end: secs(ts), top_destination: top, upload_bytes: bytes });
-                }
+/// Cuts one device's uploads into frames as events arrive, in time order: a frame opens at
+/// `command_start` (a later one restarts it) and closes at the next `response_start`; one
+/// with no `response_start` is never reported. Arms rotate over `arms` by frame index
+/// ("all" when none are given).
+pub struct FrameCutter {
+    device: String,
+    arms: Vec<String>,
+    clock: Clock,
+    next_index: usize,
+    open: Option<(u64, BTreeMap<IpAddr, u64>)>,
+}
+
+impl FrameCutter {
+    pub fn new(device: &str, arms: &[String], clock: Clock, next_index: usize) -> Self {
+        FrameCutter { device: device.to_string(), arms: arms.to_vec(), clock, next_index, open: None }
+    }
+
+    pub fn upload(&mut self, u: &Upload) {
+        if let Some((start, by_dest)) = &mut self.open {
+            if u.ts_ns >= *start {
+                *by_dest.entry(u.dest).or_default() += u.bytes;
             }
-            _ => {}
         }
     }
-    out
+
+    pub fn marker(&mut self, ts_ns: u64, role: Role) -> Option<Frame> {
+        match role {
+            Role::CommandStart => self.open = Some((ts_ns, BTreeMap::new())),
+            Role::ResponseStart => {
+                let (start, by_dest) = self.open.take()?;
+                let index = self.next_index;
+                self.next_index += 1;
+                let (top, bytes) = top_of(by_dest);
+                let arm = if self.arms.is_empty() { "all".to_string() } else { self.arms[index % self.arms.len()].clone() };
+                return Some(Frame {
+                    device: self.device.clone(),
+                    index,
+                    arm,
+                    start: self.clock.secs(start),
+                    end: self.clock.secs(ts_ns),
+                    top_destination: top,
+                    upload_bytes: bytes,
+                });
+            }
+            Role::CommandEnd | Role::ResponseEnd => {}
+        }
+        None
+    }
 }
 
 /// The destination with the most bytes and its bytes (ties: the lower address).
@@ -57,14 +86,14 @@ pub fn top_destination<'a>(uploads: impl Iterator<Item = &'a Upload>) -> (Option
     for u in uploads {
         *by_dest.entry(u.dest).or_default() += u.bytes;
     }
+    top_of(by_dest)
+}
+
+fn top_of(by_dest: BTreeMap<IpAddr, u64>) -> (Option<IpAddr>, u64) {
     by_dest.into_iter().fold((None, 0), |best, (ip, b)| if b > best.1 || best.0.is_none() { (Some(ip), b) } else { best })
 }
 
-pub fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ArmStats {
     pub arm: String,
     pub n: usize,
@@ -153,35 +182,34 @@ mod tests {
     #[test]
     fn frames_take_the_top_destination_and_rotate_arms() {
         let s = 1_000_000_000u64;
-        let markers = [
-            (s, Role::CommandStart),
-            (2 * s, Role::CommandEnd),
-            (4 * s, Role::ResponseStart),
-            (5 * s, Role::ResponseEnd),
-            (10 * s, Role::CommandStart),
-            (13 * s, Role::ResponseStart),
-            (20 * s, Role::CommandStart), // never answered: no frame
-        ];
         let up = |t: u64, d: &str, b: u64| Upload { ts_ns: t, dest: ip(d), bytes: b };
-        let uploads = [
-            up(s / 2, "10.0.0.1", 999), // before the frame
-            up(s, "10.0.0.1", 30_000),
-            up(3 * s, "10.0.0.1", 15_000),
-            up(3 * s, "10.0.0.2", 40_000),
-            up(4 * s, "10.0.0.1", 5), // at response_start: outside
-            up(11 * s, "10.0.0.3", 100),
-            up(12 * s, "10.0.0.1", 44_900),
-        ];
-        let f = frames(&markers, &uploads, &["I_1".into(), "I_2".into()]);
+        let mut c = FrameCutter::new("echo", &["I_1".into(), "I_2".into()], Clock::Capture, 0);
+        let mut f = Vec::new();
+        let mut marker = |c: &mut FrameCutter, t: u64, r: Role| f.extend(c.marker(t, r));
+        c.upload(&up(s / 2, "10.0.0.1", 999)); // before the frame
+        marker(&mut c, s, Role::CommandStart);
+        c.upload(&up(s, "10.0.0.1", 30_000));
+        marker(&mut c, 2 * s, Role::CommandEnd);
+        c.upload(&up(3 * s, "10.0.0.1", 15_000));
+        c.upload(&up(3 * s, "10.0.0.2", 40_000));
+        marker(&mut c, 4 * s, Role::ResponseStart);
+        c.upload(&up(4 * s, "10.0.0.1", 5)); // at response_start: after it
+        marker(&mut c, 5 * s, Role::ResponseEnd);
+        marker(&mut c, 10 * s, Role::CommandStart);
+        c.upload(&up(11 * s, "10.0.0.3", 100));
+        c.upload(&up(12 * s, "10.0.0.1", 44_900));
+        marker(&mut c, 13 * s, Role::ResponseStart);
+        marker(&mut c, 14 * s, Role::ResponseStart); // no command_start: no frame
+        marker(&mut c, 20 * s, Role::CommandStart); // never answered: no frame
         assert_eq!(f.len(), 2);
         assert_eq!((f[0].arm.as_str(), f[0].top_destination, f[0].upload_bytes), ("I_1", Some(ip("10.0.0.1")), 45_000));
-        assert_eq!((f[0].start, f[0].end), (1.0, 4.0));
+        assert_eq!((f[0].index, f[0].start, f[0].end), (0, 1.0, 4.0));
         assert_eq!((f[1].arm.as_str(), f[1].top_destination, f[1].upload_bytes), ("I_2", Some(ip("10.0.0.1")), 44_900));
     }
 
     #[test]
     fn arm_summary() {
-        let mk = |arm: &str, b: u64| Frame { index: 0, arm: arm.into(), start: 0.0, end: 0.0, top_destination: None, upload_bytes: b };
+        let mk = |arm: &str, b: u64| Frame { device: String::new(), index: 0, arm: arm.into(), start: 0.0, end: 0.0, top_destination: None, upload_bytes: b };
         let f: Vec<Frame> = [40_000, 42_000, 44_000, 46_000, 200_000].iter().map(|&b| mk("a", b)).collect();
         let s = &arm_stats(&f)[0];
         assert_eq!((s.n, s.kept), (5, 4));

@@ -16,6 +16,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     let bad_input = e.chain().any(|c| {
         c.downcast_ref::<CaptureError>().is_some()
             || c.downcast_ref::<run::RunError>().is_some()
+            || c.downcast_ref::<echo_agent::store::StoreError>().is_some()
             || matches!(c.downcast_ref::<PinError>(), Some(PinError::Mount(_)))
             || matches!(c.downcast_ref::<AttachError>(), Some(AttachError::NoSuchInterface(_) | AttachError::Privileges))
             || matches!(
@@ -37,8 +38,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("removed {} from {}", removed.join(", "), pins::dir_for(&iface).display());
             }
         }
-        Command::Replay { pcap, devices, format, markers, arms, activation } => {
-            let analysis = replay::Analysis { markers, arms, params: activation.params() };
+        Command::Replay { pcap, devices, format, markers, arms, muted, activation } => {
+            let muted = muted.iter().map(|s| (s.from, s.to)).collect();
+            let analysis = echo_agent::analysis::Config { markers, arms, params: activation.params(), muted };
             let report = replay::replay(&pcap, &devices, &analysis)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string(&report)?),

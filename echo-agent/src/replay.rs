@@ -8,18 +8,20 @@ use aya::{
     maps::RingBuf,
     programs::{TestRun, TestRunOptions},
 };
-use echo_common::{DestKey, DestStats, Event, CLASS_NAMES, EVENT_APP_DATA, EVENT_MARKER, MAP_EVENTS, DIR_DOWNLOAD, DIR_UPLOAD, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use echo_common::{DestKey, DestStats, Event, CLASS_NAMES, MAP_EVENTS, DIR_DOWNLOAD, DIR_UPLOAD, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 use serde::Serialize;
 
 use crate::{
-    activation::{Interaction, Params, Tracker},
-    capture, counters,
+    activation::{Interaction, Reason, Unexpected},
+    analysis::{Config, Record, Session},
+    capture,
+    clock::Clock,
+    counters,
     device::Mac,
     events,
-    frames::{self, ArmStats, Frame, Upload},
+    frames::{self, ArmStats, Frame},
     gso,
     loader::Programs,
-    markers::{MarkerSpec, Role},
 };
 
 /// Smallest frame XDP test_run accepts (an Ethernet header); shorter ones are counted apart.
@@ -41,19 +43,14 @@ pub struct DeviceReport {
     pub classes: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     /// Activation windows found in the device's app-data events (see `activation`).
     pub interactions: Vec<Interaction>,
-    /// App-data upload outside any interaction (heartbeats and the like).
+    /// Heartbeats: app-data upload outside interactions that fits the heartbeat pattern.
     pub background_upload_bytes: u64,
+    /// App-data upload above the heartbeat pattern, by reason, and its runs.
+    pub unexpected_upload_bytes: BTreeMap<&'static str, u64>,
+    pub unexpected: Vec<Unexpected>,
     /// Marker-framed trials and their per-arm statistics (with `--marker`).
     pub frames: Vec<Frame>,
     pub arms: Vec<ArmStats>,
-}
-
-/// What replay derives from the events besides counters.
-#[derive(Debug, Clone, Default)]
-pub struct Analysis {
-    pub markers: Vec<MarkerSpec>,
-    pub arms: Vec<String>,
-    pub params: Params,
 }
 
 /// One remote endpoint (address, port, protocol) of a device.
@@ -217,66 +214,57 @@ pub fn run_one(progs: &Programs, frame: &[u8], devices: &[Mac]) -> Result<u32> {
 }
 
 /// Builds the replay document from the maps and the events.
-pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64, events: &[Event], analysis: &Analysis) -> Result<Report> {
+pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64, events: &[Event], config: &Config) -> Result<Report> {
     let snap = counters::read(&progs.ebpf)?;
-    let marker_times: Vec<(u64, Role)> = events
-        .iter()
-        .filter(|e| e.kind == EVENT_MARKER)
-        .filter_map(|e| analysis.markers.get(e.marker as usize).map(|m| (e.ts_ns, m.role)))
-        .collect();
+    let names: Vec<(u8, String, usize)> = devices.iter().enumerate().map(|(i, mac)| (i as u8, mac.to_string(), 0)).collect();
+    let mut session = Session::new(config.clone(), Clock::Capture, &names);
+    events.iter().for_each(|e| session.event(e));
+    session.finish();
+    let records = session.take();
     let devices = devices
         .iter()
         .enumerate()
         .map(|(i, mac)| {
+            let name = mac.to_string();
+            let state = session.device(i as u8).expect("every device has a state");
             let classes = [("upload", DIR_UPLOAD), ("download", DIR_DOWNLOAD)]
                 .into_iter()
                 .map(|(name, dir)| (name, CLASS_NAMES.iter().copied().zip(snap.classes_of(i as u32, dir)).collect()))
                 .collect();
-            let mut tracker = Tracker::new(&mac.to_string(), analysis.params);
-            let mut uploads = Vec::new();
-            for e in events {
-                match e.kind {
-                    EVENT_MARKER => {
-                        if let Some(m) = analysis.markers.get(e.marker as usize) {
-                            tracker.marker(e.ts_ns, m.role);
-                        }
-                    }
-                    EVENT_APP_DATA if e.device as usize == i => {
-                        if e.direction == DIR_UPLOAD {
-                            let u = Upload { ts_ns: e.ts_ns, dest: addr_ip(&e.addr, e.family), bytes: e.bytes as u64 };
-                            uploads.push(u);
-                            tracker.upload(u, e.records as u64);
-                        } else {
-                            tracker.download(e.ts_ns, e.bytes as u64, e.records as u64);
-                        }
-                    }
+            let mut report = DeviceReport {
+                destinations: destinations(&snap, i as u32),
+                classes,
+                interactions: Vec::new(),
+                background_upload_bytes: state.tracker.background_bytes,
+                unexpected_upload_bytes: Reason::ALL.iter().map(|&r| (r.name(), state.unexpected_bytes(r))).collect(),
+                unexpected: Vec::new(),
+                frames: Vec::new(),
+                arms: Vec::new(),
+                mac: name,
+            };
+            for r in &records {
+                match r {
+                    Record::Interaction(x) if x.device == report.mac => report.interactions.push(x.clone()),
+                    Record::Frame(x) if x.device == report.mac => report.frames.push(x.clone()),
+                    Record::Unexpected(x) if x.device == report.mac => report.unexpected.push(x.clone()),
                     _ => {}
                 }
             }
-            tracker.finish();
-            let frames = frames::frames(&marker_times, &uploads, &analysis.arms);
-            DeviceReport {
-                mac: mac.to_string(),
-                destinations: destinations(&snap, i as u32),
-                classes,
-                background_upload_bytes: tracker.background_bytes,
-                interactions: tracker.done,
-                arms: frames::arm_stats(&frames),
-                frames,
-            }
+            report.arms = frames::arm_stats(&report.frames);
+            report
         })
         .collect();
     Ok(Report { frames, short_frames, devices })
 }
 
 /// Loads the programs, replays `path` for `devices`, and reports.
-pub fn replay(path: &Path, devices: &[Mac], analysis: &Analysis) -> Result<Report> {
+pub fn replay(path: &Path, devices: &[Mac], config: &Config) -> Result<Report> {
     let mut progs = Programs::load()?;
     progs.set_devices(devices)?;
-    let keys: Vec<_> = analysis.markers.iter().map(|m| m.key()).collect();
+    let keys: Vec<_> = config.markers.iter().map(|m| m.key()).collect();
     progs.set_markers(&keys)?;
     let (frames, short, events) = run_frames(&mut progs, path, devices)?;
-    report(&progs, devices, frames, short, &events, analysis)
+    report(&progs, devices, frames, short, &events, config)
 }
 
 /// A fixed-width table for people.

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
+use aya::maps::RingBuf;
 use echo_common::{
     MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_EVENTS, MAP_EVENT_DROPS, MAP_FLOWS, MAP_INSERTS,
     MAP_MARKER_PINGS,
@@ -22,11 +22,14 @@ use prometheus::Registry;
 use thiserror::Error;
 
 use crate::{
+    analysis,
     api::Web,
     attach::{self, Links},
     cli::RunArgs,
     events,
     exporter::{Health, MapCollector},
+    live::Live,
+    store::Store,
     loader::{Programs, XDP_PROGRAM, TC_PROGRAM},
     netlink, pins,
 };
@@ -67,6 +70,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         .create(&args.state_dir)
         .map_err(|e| RunError::StateDir(args.state_dir.clone(), e))?;
 
+    let (store, loaded) = Store::open(&args.state_dir)?;
+    if loaded.skipped > 0 {
+        log(format!("skipped {} unreadable line(s) of the interaction log", loaded.skipped));
+    }
+
     let dir = pins::prepare_for(&args.iface)?;
     let (mut progs, notes) = Programs::load_pinned(&dir)?;
     notes.iter().for_each(log);
@@ -89,12 +97,15 @@ pub fn run(args: RunArgs) -> Result<()> {
 
     let ring = RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).context("the object defines EVENTS")?)?;
     let maps = progs.take_maps(&[MAP_DEST_STATS, MAP_CLASS_COUNTERS, MAP_INSERTS, MAP_FLOWS, MAP_EVENT_DROPS, MAP_MARKER_PINGS]);
-    let devices = indices.iter().zip(&args.devices).map(|(i, d)| (*i, d.name.clone())).collect();
+    let devices: Vec<(u32, String)> = indices.iter().zip(&args.devices).map(|(i, d)| (*i, d.name.clone())).collect();
     let registry = Registry::new();
-    registry.register(Box::new(MapCollector::new(maps, devices, args.markers.clone(), health.clone(), args.max_destinations)))?;
+    registry.register(Box::new(MapCollector::new(maps, devices.clone(), args.markers.clone(), health.clone(), args.max_destinations)))?;
     registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-    spawn_events(ring)?;
-    Web { registry, telemetry_path: args.telemetry_path.clone(), api: None }
+    let config = analysis::Config { markers: args.markers.clone(), arms: args.arms.clone(), params: args.activation.params(), muted: Vec::new() };
+    let live = Arc::new(Live::new(&registry, config, &devices, store, loaded)?);
+    let sink = live.clone();
+    events::spawn(ring, move |ev| sink.on_event(ev)).context("starting the event reader")?;
+    Web { registry, telemetry_path: args.telemetry_path.clone(), api: Some(live.clone()) }
         .spawn(listener)
         .context("starting the HTTP listener")?;
     log(format!("serving metrics on http://{}{}", args.listen, args.telemetry_path));
@@ -110,6 +121,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         while wake.try_recv().is_ok() {}
         follow_interface(&mut progs, &args, &dir, &health, &mut links, &mut gone_since);
     }
+    live.finish();
     if let Some(l) = links.take() {
         l.release(args.keep_attached);
     }
@@ -172,7 +184,3 @@ fn follow_interface(
     }
 }
 
-fn spawn_events(ring: RingBuf<MapData>) -> Result<()> {
-    // Interactions and frames consume these; until then the buffer is kept drained.
-    events::spawn(ring, |_| {}).context("starting the event reader")
-}

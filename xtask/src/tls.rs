@@ -34,6 +34,36 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
+/// A server for `SERVER_NAME` with a fresh self-signed certificate, TLS 1.2 and 1.3.
+pub(crate) fn server_config() -> Result<Arc<rustls::ServerConfig>> {
+    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::ALL_VERSIONS)?
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(cert.cert.der().to_vec())], key)?;
+    Ok(Arc::new(config))
+}
+
+/// A client of `version` that accepts our servers' certificates; `provider` may pin suites.
+pub(crate) fn client_config(version: Version, provider: Arc<CryptoProvider>) -> Result<Arc<rustls::ClientConfig>> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match version {
+        Version::Tls12 => &[&rustls::version::TLS12],
+        Version::Tls13 => &[&rustls::version::TLS13],
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The ring provider restricted to one cipher suite.
+pub(crate) fn provider_with(suite: rustls::SupportedCipherSuite) -> Arc<CryptoProvider> {
+    Arc::new(CryptoProvider { cipher_suites: vec![suite], ..ring::default_provider() })
+}
+
 /// Accepts connections on `addrs`, reads each until the client's close_notify, answers with
 /// `response` bytes, closes. Stops when dropped.
 pub struct TlsServer {
@@ -43,13 +73,7 @@ pub struct TlsServer {
 
 impl TlsServer {
     pub fn start(topo: &Topology, addrs: Vec<SocketAddr>, response: usize) -> Result<Self> {
-        let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(rustls::ALL_VERSIONS)?
-            .with_no_client_auth()
-            .with_single_cert(vec![CertificateDer::from(cert.cert.der().to_vec())], key)?;
-        let config = Arc::new(config);
+        let config = server_config()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -150,17 +174,7 @@ impl ServerCertVerifier for AcceptAny {
 /// the response. Returns the response length.
 pub fn rustls_upload(topo: &Topology, addr: SocketAddr, version: Version, writes: Vec<usize>, pause: Duration) -> Result<thread::JoinHandle<Result<usize>>> {
     spawn_in(&topo.device_ns, move || -> Result<usize> {
-        let p = provider();
-        let versions: &[&'static rustls::SupportedProtocolVersion] = match version {
-            Version::Tls12 => &[&rustls::version::TLS12],
-            Version::Tls13 => &[&rustls::version::TLS13],
-        };
-        let config = rustls::ClientConfig::builder_with_provider(p.clone())
-            .with_protocol_versions(versions)?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(p)))
-            .with_no_client_auth();
-        let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(SERVER_NAME)?)?;
+        let conn = rustls::ClientConnection::new(client_config(version, provider())?, ServerName::try_from(SERVER_NAME)?)?;
         let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connect {addr}"))?;
         sock.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut tls = rustls::StreamOwned::new(conn, sock);

@@ -33,29 +33,15 @@ pub fn totals(pcap: &Path, mac: &str, dir: Direction) -> Result<BTreeMap<(IpAddr
         Direction::Upload => ("eth.src", "ip.dst", "ipv6.dst", "tcp.dstport"),
         Direction::Download => ("eth.dst", "ip.src", "ipv6.src", "tcp.srcport"),
     };
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        // Segments captured out of order (two CPUs feeding the capture) still reassemble.
-        .args(["-n", "-o", "tcp.reassemble_out_of_order:TRUE", "-Y", &format!("{eth} == {mac} && tcp"), "-T", "json", "--no-duplicate-keys", "-J", "ip ipv6 tcp tls"])
-        .output()
-        .context("running tshark")?;
-    if !out.status.success() {
-        bail!("tshark: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let packets: Value = serde_json::from_slice(&out.stdout).context("tshark JSON")?;
+    let packets = packets(pcap, &format!("{eth} == {mac} && tcp"), "ip ipv6 tcp tls")?;
     let mut totals: BTreeMap<(IpAddr, u16), Totals> = BTreeMap::new();
-    for p in packets.as_array().map(Vec::as_slice).unwrap_or_default() {
+    for p in &packets {
         let layers = &p["_source"]["layers"];
         let remote = layers["ip"][ip].as_str().or_else(|| layers["ipv6"][ip6].as_str()).context("no IP address")?;
         let port = num(&layers["tcp"][port]).context("no TCP port")?;
         let t = totals.entry((remote.parse()?, port as u16)).or_default();
         t.tcp_payload_bytes += num(&layers["tcp"]["tcp.len"]).unwrap_or(0);
-        let mut records = Vec::new();
-        collect(&layers["tls"], &mut records);
-        for r in records {
-            let ty = num(&r["tls.record.content_type"]).or_else(|| num(&r["tls.record.opaque_type"]));
-            let len = num(&r["tls.record.length"]).unwrap_or(0);
+        for (ty, len) in records(layers) {
             match ty {
                 Some(23) => {
                     t.app_bytes += len;
@@ -67,6 +53,70 @@ pub fn totals(pcap: &Path, mac: &str, dir: Direction) -> Result<BTreeMap<(IpAddr
         }
     }
     Ok(totals)
+}
+
+/// tshark's JSON for the packets of `pcap` matching `filter`, with the `protocols` layers.
+fn packets(pcap: &Path, filter: &str, protocols: &str) -> Result<Vec<Value>> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        // Segments captured out of order (two CPUs feeding the capture) still reassemble.
+        .args(["-n", "-o", "tcp.reassemble_out_of_order:TRUE", "-Y", filter, "-T", "json", "--no-duplicate-keys", "-J", protocols])
+        .output()
+        .context("running tshark")?;
+    if !out.status.success() {
+        bail!("tshark: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    match serde_json::from_slice(&out.stdout).context("tshark JSON")? {
+        Value::Array(a) => Ok(a),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// (content type, length) of every TLS record tshark completed in this packet.
+fn records(layers: &Value) -> Vec<(Option<u64>, u64)> {
+    let mut out = Vec::new();
+    collect(&layers["tls"], &mut out);
+    out.iter()
+        .map(|r| {
+            let ty = num(&r["tls.record.content_type"]).or_else(|| num(&r["tls.record.opaque_type"]));
+            (ty, num(&r["tls.record.length"]).unwrap_or(0))
+        })
+        .collect()
+}
+
+/// One moment of a capture, as Wireshark sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Seen {
+    /// An echo request to the marker address of this index.
+    Marker(usize),
+    /// One TLS application-data record uploaded by the device, at the packet that completed it.
+    Upload { dst: IpAddr, bytes: u64 },
+}
+
+/// Echo requests to `markers` and the app-data records `mac` uploaded, with epoch times, in
+/// capture order.
+pub fn timeline(pcap: &Path, mac: &str, markers: &[IpAddr]) -> Result<Vec<(f64, Seen)>> {
+    let list: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
+    let filter = format!("(eth.src == {mac} && tcp) || (icmp.type == 8 && ip.dst in {{{}}})", list.join(", "));
+    let mut out = Vec::new();
+    for p in packets(pcap, &filter, "frame ip ipv6 tcp tls icmp")? {
+        let layers = &p["_source"]["layers"];
+        let ts: f64 = layers["frame"]["frame.time_epoch"].as_str().context("no frame time")?.parse()?;
+        let dst: IpAddr = layers["ip"]["ip.dst"].as_str().or_else(|| layers["ipv6"]["ipv6.dst"].as_str()).context("no IP address")?.parse()?;
+        if layers.get("icmp").is_some() {
+            if let Some(i) = markers.iter().position(|m| *m == dst) {
+                out.push((ts, Seen::Marker(i)));
+            }
+            continue;
+        }
+        for (ty, len) in records(layers) {
+            if ty == Some(23) {
+                out.push((ts, Seen::Upload { dst, bytes: len }));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn num(v: &Value) -> Option<u64> {

@@ -1,0 +1,147 @@
+//! From events to answers. Per device: activation windows (interactions), heartbeats and
+//! unexpected upload (see `activation`), and marker-framed trials (see `frames`). The live
+//! agent and replay feed one `Session` the same events, so they agree by construction.
+
+use std::collections::BTreeMap;
+
+use echo_common::{Event, DIR_UPLOAD, EVENT_APP_DATA, EVENT_MARKER};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    activation::{Interaction, Params, Reason, Tracker, Unexpected},
+    clock::Clock,
+    frames::{Frame, FrameCutter, Upload},
+    markers::{MarkerSpec, Role},
+    replay::addr_ip,
+};
+
+/// What the session is told besides events.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Marker addresses by slot (the order given to the programs).
+    pub markers: Vec<MarkerSpec>,
+    /// Arm names assigned to frames in rotation.
+    pub arms: Vec<String>,
+    pub params: Params,
+    /// Spans (epoch seconds) the microphone was muted, for every device: replay's stand-in
+    /// for the live API's mute switch.
+    pub muted: Vec<(f64, f64)>,
+}
+
+/// One line of the interaction log, and one result of the session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Interaction(Interaction),
+    Frame(Frame),
+    Unexpected(Unexpected),
+    /// The microphone state was set (through the API) at `at` (epoch seconds).
+    Muted { device: String, muted: bool, at: f64 },
+}
+
+pub struct DeviceState {
+    pub name: String,
+    pub tracker: Tracker,
+    cutter: FrameCutter,
+}
+
+pub struct Session {
+    config: Config,
+    clock: Clock,
+    /// By the programs' device index.
+    devices: BTreeMap<u8, DeviceState>,
+    /// Epoch seconds of the latest ping per marker role.
+    pub marker_last: BTreeMap<Role, f64>,
+    records: Vec<Record>,
+}
+
+impl Session {
+    /// `devices`: (index in the programs, name, index of the device's next frame).
+    pub fn new(config: Config, clock: Clock, devices: &[(u8, String, usize)]) -> Self {
+        let devices = devices
+            .iter()
+            .map(|(i, name, next_frame)| {
+                let state = DeviceState {
+                    name: name.clone(),
+                    tracker: Tracker::new(name, config.params, clock),
+                    cutter: FrameCutter::new(name, &config.arms, clock, *next_frame),
+                };
+                (*i, state)
+            })
+            .collect();
+        let mut s = Session { config, clock, devices, marker_last: BTreeMap::new(), records: Vec::new() };
+        let to_ns = |t: f64| (t.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
+        let mut switches: Vec<(u64, bool)> = s.config.muted.iter().flat_map(|&(a, b)| [(to_ns(a), true), (to_ns(b), false)]).collect();
+        switches.sort();
+        for d in s.devices.values_mut() {
+            switches.iter().for_each(|&(t, m)| d.tracker.set_muted(t, m));
+        }
+        s
+    }
+
+    pub fn event(&mut self, e: &Event) {
+        match e.kind {
+            EVENT_MARKER => {
+                let Some(role) = self.config.markers.get(e.marker as usize).map(|m| m.role) else { return };
+                self.marker_last.insert(role, self.clock.secs(e.ts_ns));
+                for d in self.devices.values_mut() {
+                    d.tracker.marker(e.ts_ns, role);
+                    self.records.extend(d.cutter.marker(e.ts_ns, role).map(Record::Frame));
+                }
+            }
+            EVENT_APP_DATA => {
+                let Some(d) = self.devices.get_mut(&e.device) else { return };
+                if e.direction == DIR_UPLOAD {
+                    let u = Upload { ts_ns: e.ts_ns, dest: addr_ip(&e.addr, e.family), bytes: e.bytes as u64 };
+                    d.tracker.upload(u, e.records as u64);
+                    d.cutter.upload(&u);
+                } else {
+                    d.tracker.download(e.ts_ns, e.bytes as u64, e.records as u64);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Advances every device's time to `now_ns` (windows close without traffic).
+    pub fn tick(&mut self, now_ns: u64) {
+        self.devices.values_mut().for_each(|d| d.tracker.tick(now_ns));
+    }
+
+    /// Sets a device's microphone state from `now_ns` on; false for an unknown device.
+    pub fn set_muted(&mut self, name: &str, now_ns: u64, muted: bool) -> bool {
+        let Some(d) = self.devices.values_mut().find(|d| d.name == name) else { return false };
+        d.tracker.set_muted(now_ns, muted);
+        self.records.push(Record::Muted { device: name.to_string(), muted, at: self.clock.secs(now_ns) });
+        true
+    }
+
+    /// Closes every open window and run (end of a replay, or shutdown).
+    pub fn finish(&mut self) {
+        self.devices.values_mut().for_each(|d| d.tracker.finish());
+    }
+
+    /// Results since the last call, in the order they were completed per kind.
+    pub fn take(&mut self) -> Vec<Record> {
+        let mut out = std::mem::take(&mut self.records);
+        for d in self.devices.values_mut() {
+            out.extend(d.tracker.done.drain(..).map(Record::Interaction));
+            out.extend(d.tracker.unexpected.drain(..).map(Record::Unexpected));
+        }
+        out
+    }
+
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceState> {
+        self.devices.values()
+    }
+
+    pub fn device(&self, index: u8) -> Option<&DeviceState> {
+        self.devices.get(&index)
+    }
+}
+
+impl DeviceState {
+    pub fn unexpected_bytes(&self, reason: Reason) -> u64 {
+        self.tracker.unexpected_bytes[reason as usize]
+    }
+}

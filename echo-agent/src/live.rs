@@ -1,0 +1,378 @@
+//! The live agent's answers: events from the programs go through an `analysis::Session`;
+//! its results become metrics, lines of the interaction log, and the JSON API.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::Result;
+use echo_common::Event;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, GaugeVec, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+use tiny_http::Method;
+
+use crate::{
+    activation::{Interaction, Reason, Unexpected},
+    analysis::{Config, Record, Session},
+    api::Api,
+    clock::{monotonic_ns, Clock},
+    frames::{arm_stats, Frame},
+    store::{Loaded, Store},
+};
+
+/// Records of each kind kept in memory for the API (the log on disk keeps everything).
+/// A year of a busy household is ~40,000 interactions.
+const MAX_HISTORY: usize = 100_000;
+
+/// Time is advanced to this long before "now", so events already stamped but not yet in the
+/// ring buffer are not judged late (a window closed just before its last upload arrived).
+const TICK_LAG: Duration = Duration::from_millis(100);
+
+/// Upload per interaction or frame: the published commands upload ~45 kB.
+const UPLOAD_BUCKETS: &[f64] = &[1e3, 5e3, 10e3, 20e3, 30e3, 40e3, 50e3, 60e3, 80e3, 100e3, 200e3, 500e3, 1e6];
+const DURATION_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0];
+
+struct Metrics {
+    interactions: IntCounterVec,
+    interaction_upload: HistogramVec,
+    interaction_duration: HistogramVec,
+    last_upload: GaugeVec,
+    last_end: GaugeVec,
+    active: IntGaugeVec,
+    muted: IntGaugeVec,
+    frames: IntCounterVec,
+    frame_upload: HistogramVec,
+    marker_last: GaugeVec,
+    background: IntCounterVec,
+    unexpected: IntCounterVec,
+}
+
+impl Metrics {
+    fn new(registry: &Registry) -> Result<Self> {
+        let dev = &["device"];
+        let m = Metrics {
+            interactions: IntCounterVec::new(Opts::new("echo_interactions_total", "Voice interactions (activation windows) that ended."), dev)?,
+            interaction_upload: HistogramVec::new(
+                HistogramOpts::new("echo_interaction_upload_bytes", "TLS app-data bytes uploaded per interaction.").buckets(UPLOAD_BUCKETS.to_vec()),
+                dev,
+            )?,
+            interaction_duration: HistogramVec::new(
+                HistogramOpts::new("echo_interaction_duration_seconds", "From the first to the last upload of an interaction.").buckets(DURATION_BUCKETS.to_vec()),
+                dev,
+            )?,
+            last_upload: GaugeVec::new(Opts::new("echo_last_interaction_upload_bytes", "TLS app-data bytes uploaded by the latest interaction."), dev)?,
+            last_end: GaugeVec::new(Opts::new("echo_last_interaction_end_timestamp_seconds", "When the latest interaction's last upload happened."), dev)?,
+            active: IntGaugeVec::new(Opts::new("echo_activation_active", "1 while an activation window is open."), dev)?,
+            muted: IntGaugeVec::new(Opts::new("echo_device_muted", "1 while the microphone is reported muted (POST /api/devices/DEVICE/muted)."), dev)?,
+            frames: IntCounterVec::new(Opts::new("echo_frames_total", "Marker-framed trials (command_start to response_start)."), &["arm"])?,
+            frame_upload: HistogramVec::new(
+                HistogramOpts::new("echo_frame_upload_bytes", "Upload to the frame's top destination.").buckets(UPLOAD_BUCKETS.to_vec()),
+                &["arm"],
+            )?,
+            marker_last: GaugeVec::new(Opts::new("echo_marker_last_timestamp_seconds", "When the latest marker ping of the role was seen."), &["role"])?,
+            background: IntCounterVec::new(
+                Opts::new("echo_background_upload_bytes_total", "App-data upload outside interactions that fits the heartbeat pattern."),
+                dev,
+            )?,
+            unexpected: IntCounterVec::new(
+                Opts::new("echo_unexpected_upload_bytes_total", "App-data upload above the heartbeat pattern while muted or outside any interaction."),
+                &["device", "reason"],
+            )?,
+        };
+        registry.register(Box::new(m.interactions.clone()))?;
+        registry.register(Box::new(m.interaction_upload.clone()))?;
+        registry.register(Box::new(m.interaction_duration.clone()))?;
+        registry.register(Box::new(m.last_upload.clone()))?;
+        registry.register(Box::new(m.last_end.clone()))?;
+        registry.register(Box::new(m.active.clone()))?;
+        registry.register(Box::new(m.muted.clone()))?;
+        registry.register(Box::new(m.frames.clone()))?;
+        registry.register(Box::new(m.frame_upload.clone()))?;
+        registry.register(Box::new(m.marker_last.clone()))?;
+        registry.register(Box::new(m.background.clone()))?;
+        registry.register(Box::new(m.unexpected.clone()))?;
+        Ok(m)
+    }
+
+    fn interaction(&self, i: &Interaction) {
+        let d = &[i.device.as_str()];
+        self.interactions.with_label_values(d).inc();
+        self.interaction_upload.with_label_values(d).observe(i.upload_bytes as f64);
+        self.interaction_duration.with_label_values(d).observe(i.duration);
+        self.last(i);
+    }
+
+    fn last(&self, i: &Interaction) {
+        let d = &[i.device.as_str()];
+        self.last_upload.with_label_values(d).set(i.upload_bytes as f64);
+        self.last_end.with_label_values(d).set(i.end);
+    }
+
+    fn frame(&self, f: &Frame) {
+        self.frames.with_label_values(&[&f.arm]).inc();
+        self.frame_upload.with_label_values(&[&f.arm]).observe(f.upload_bytes as f64);
+    }
+}
+
+/// What the API serves: recent records by kind.
+#[derive(Default)]
+struct History {
+    interactions: VecDeque<Interaction>,
+    frames: VecDeque<Frame>,
+    unexpected: VecDeque<Unexpected>,
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, x: T) {
+    if q.len() == MAX_HISTORY {
+        q.pop_front();
+    }
+    q.push_back(x);
+}
+
+impl History {
+    fn add(&mut self, r: &Record) {
+        match r {
+            Record::Interaction(x) => push_bounded(&mut self.interactions, x.clone()),
+            Record::Frame(x) => push_bounded(&mut self.frames, x.clone()),
+            Record::Unexpected(x) => push_bounded(&mut self.unexpected, x.clone()),
+            Record::Muted { .. } => {}
+        }
+    }
+}
+
+struct State {
+    session: Session,
+    store: Store,
+    history: History,
+    store_failed: bool,
+}
+
+pub struct Live {
+    state: Mutex<State>,
+    metrics: Metrics,
+    devices: Vec<String>,
+}
+
+impl Live {
+    /// `devices`: (index in the programs, name). `loaded` is the log as it was at start.
+    pub fn new(registry: &Registry, config: Config, devices: &[(u32, String)], store: Store, loaded: Loaded) -> Result<Self> {
+        let metrics = Metrics::new(registry)?;
+        let mut history = History::default();
+        loaded.records.iter().for_each(|r| history.add(r));
+        let frames_of = |name: &str| loaded.records.iter().filter(|r| matches!(r, Record::Frame(f) if f.device == name)).count();
+        let names: Vec<(u8, String, usize)> = devices.iter().map(|(i, n)| (*i as u8, n.clone(), frames_of(n))).collect();
+        let mut session = Session::new(config, Clock::Monotonic, &names);
+        let now = monotonic_ns();
+        for (_, name) in devices {
+            // Every series exists from the start, at zero.
+            let d = &[name.as_str()];
+            metrics.interactions.with_label_values(d);
+            metrics.background.with_label_values(d);
+            metrics.active.with_label_values(d).set(0);
+            for r in Reason::ALL {
+                metrics.unexpected.with_label_values(&[name, r.name()]);
+            }
+            // The microphone state and the latest interaction outlive a restart.
+            let muted = loaded.records.iter().rev().find_map(|r| match r {
+                Record::Muted { device, muted, .. } if device == name => Some(*muted),
+                _ => None,
+            });
+            if let Some(m) = muted {
+                session.set_muted(name, now, m);
+            }
+            metrics.muted.with_label_values(d).set(muted.unwrap_or(false) as i64);
+            if let Some(i) = history.interactions.iter().rev().find(|i| &i.device == name) {
+                metrics.last(i);
+            }
+        }
+        // The restored mute states are in the log already.
+        session.take();
+        Ok(Live { state: Mutex::new(State { session, store, history, store_failed: false }), metrics, devices: devices.iter().map(|d| d.1.clone()).collect() })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The event reader's sink: an event, or `None` when the ring buffer has been drained.
+    pub fn on_event(&self, ev: Option<Event>) {
+        let mut st = self.state();
+        match ev {
+            Some(e) => st.session.event(&e),
+            None => {
+                st.session.tick(monotonic_ns().saturating_sub(TICK_LAG.as_nanos() as u64));
+                self.publish(&mut st);
+            }
+        }
+    }
+
+    /// Closes what is open (shutdown) and writes it out.
+    pub fn finish(&self) {
+        let mut st = self.state();
+        st.session.finish();
+        self.publish(&mut st);
+    }
+
+    fn publish(&self, st: &mut State) {
+        let records = st.session.take();
+        for r in &records {
+            match r {
+                Record::Interaction(i) => self.metrics.interaction(i),
+                Record::Frame(f) => self.metrics.frame(f),
+                _ => {}
+            }
+            st.history.add(r);
+            if let Err(e) = st.store.append(r) {
+                if !st.store_failed {
+                    eprintln!("echo-agent: writing the interaction log: {e} (metrics and the API go on)");
+                    st.store_failed = true;
+                }
+            }
+        }
+        for d in st.session.devices() {
+            let name = &[d.name.as_str()];
+            self.metrics.active.with_label_values(name).set(d.tracker.is_open() as i64);
+            self.metrics.muted.with_label_values(name).set(d.tracker.muted() as i64);
+            set_counter(&self.metrics.background, name, d.tracker.background_bytes);
+            for r in Reason::ALL {
+                set_counter(&self.metrics.unexpected, &[&d.name, r.name()], d.unexpected_bytes(r));
+            }
+        }
+        for (role, t) in &st.session.marker_last {
+            self.metrics.marker_last.with_label_values(&[role.name()]).set(*t);
+        }
+    }
+}
+
+/// Raises a counter to `total` (the session keeps totals; counters only go up).
+fn set_counter(c: &IntCounterVec, labels: &[&str], total: u64) {
+    let c = c.with_label_values(labels);
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+fn json(status: u16, v: &impl Serialize) -> Option<(u16, String)> {
+    Some((status, serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))))
+}
+
+fn error(status: u16, msg: &str) -> Option<(u16, String)> {
+    json(status, &serde_json::json!({ "error": msg }))
+}
+
+/// `since=EPOCH_SECONDS` from a query string; 0 when absent.
+fn since(query: &str) -> Result<f64, String> {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "since" {
+            return v.parse::<f64>().ok().filter(|s| s.is_finite()).ok_or_else(|| format!("since must be epoch seconds, got {v:?}"));
+        }
+    }
+    Ok(0.0)
+}
+
+#[derive(Serialize)]
+struct DeviceView<'a> {
+    device: &'a str,
+    muted: bool,
+    activation_active: bool,
+    background_upload_bytes: u64,
+    unexpected_upload_bytes: BTreeMap<&'static str, u64>,
+}
+
+impl Api for Live {
+    fn handle(&self, method: &Method, path: &str, query: &str, body: &str) -> Option<(u16, String)> {
+        let since = match since(query) {
+            Ok(s) => s,
+            Err(e) => return error(400, &e),
+        };
+        let st = self.state();
+        let h = &st.history;
+        match (method, path) {
+            (Method::Get, "/api/interactions") => json(200, &h.interactions.iter().filter(|x| x.end >= since).collect::<Vec<_>>()),
+            (Method::Get, "/api/frames") => json(200, &h.frames.iter().filter(|x| x.end >= since).collect::<Vec<_>>()),
+            (Method::Get, "/api/unexpected") => json(200, &h.unexpected.iter().filter(|x| x.end >= since).collect::<Vec<_>>()),
+            (Method::Get, "/api/arms") => {
+                let frames: Vec<Frame> = h.frames.iter().filter(|x| x.end >= since).cloned().collect();
+                json(200, &arm_stats(&frames))
+            }
+            (Method::Get, "/api/markers") => {
+                json(200, &st.session.marker_last.iter().map(|(r, t)| (r.name(), *t)).collect::<BTreeMap<_, _>>())
+            }
+            (Method::Get, "/api/devices") => json(
+                200,
+                &st.session
+                    .devices()
+                    .map(|d| DeviceView {
+                        device: &d.name,
+                        muted: d.tracker.muted(),
+                        activation_active: d.tracker.is_open(),
+                        background_upload_bytes: d.tracker.background_bytes,
+                        unexpected_upload_bytes: Reason::ALL.iter().map(|&r| (r.name(), d.unexpected_bytes(r))).collect(),
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            (Method::Post, p) if p.starts_with("/api/devices/") && p.ends_with("/muted") => {
+                let name = percent_decode(&p["/api/devices/".len()..p.len() - "/muted".len()]);
+                let name = name.as_str();
+                let muted = match body.trim() {
+                    "true" => true,
+                    "false" => false,
+                    other => return error(400, &format!("body must be true or false, got {other:?}")),
+                };
+                drop(st);
+                if !self.devices.iter().any(|d| d == name) {
+                    return error(404, &format!("no device {name:?}"));
+                }
+                let mut st = self.state();
+                st.session.set_muted(name, monotonic_ns(), muted);
+                self.publish(&mut st);
+                json(200, &serde_json::json!({ "device": name, "muted": muted }))
+            }
+            _ => None,
+        }
+    }
+
+    fn endpoints(&self) -> Vec<&'static str> {
+        vec!["/api/interactions", "/api/frames", "/api/arms", "/api/unexpected", "/api/markers", "/api/devices"]
+    }
+}
+
+/// `%XX` escapes decoded (a MAC's colons may arrive as `%3A`); invalid escapes stay as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_and_escapes() {
+        assert_eq!(since(""), Ok(0.0));
+        assert_eq!(since("x=1&since=1700000000.5"), Ok(1_700_000_000.5));
+        assert!(since("since=yesterday").is_err());
+        assert!(since("since=NaN").is_err());
+        assert_eq!(percent_decode("02%3Aec%3a40"), "02:ec:40");
+        assert_eq!(percent_decode("echo%zz%4"), "echo%zz%4");
+    }
+}
