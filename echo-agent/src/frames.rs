@@ -121,12 +121,14 @@ pub fn arm_stats(frames: &[Frame]) -> Vec<ArmStats> {
         .collect()
 }
 
-/// Keeps x when Q1 − 1.5·IQR < x < Q3 + 1.5·IQR (strict, as the paper states).
+/// Keeps x when Q1 − 1.5·IQR < x < Q3 + 1.5·IQR (strict, as the paper states). Values inside
+/// the box (Q1 ≤ x ≤ Q3) are never outliers: that matters only when IQR = 0 (one value, or
+/// identical values), where the strict fences alone would drop everything.
 pub fn iqr_filter(values: &[f64]) -> Vec<f64> {
     let q1 = quantile(values, 0.25);
     let q3 = quantile(values, 0.75);
     let iqr = q3 - q1;
-    values.iter().copied().filter(|&x| q1 - 1.5 * iqr < x && x < q3 + 1.5 * iqr).collect()
+    values.iter().copied().filter(|&x| (q1 - 1.5 * iqr < x && x < q3 + 1.5 * iqr) || (q1 <= x && x <= q3)).collect()
 }
 
 /// The inclusive quantile (Excel's QUARTILE.INC, numpy's default "linear"): position
@@ -168,6 +170,12 @@ mod tests {
         assert_eq!(quantile(&v, 0.25), 2.75);
         assert_eq!(quantile(&v, 0.5), 4.5);
         assert_eq!(quantile(&v, 0.75), 6.25);
+    }
+
+    #[test]
+    fn a_zero_iqr_keeps_the_box() {
+        assert_eq!(iqr_filter(&[45_000.0]), vec![45_000.0]);
+        assert_eq!(iqr_filter(&[5.0, 5.0, 5.0, 5.0, 100.0]), vec![5.0; 4]);
     }
 
     #[test]

@@ -297,6 +297,29 @@ pub fn table(r: &Report) -> String {
             let classes: Vec<String> = classes.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(s, "  {dir} packets: {}", classes.join(" "));
         }
+        let _ = writeln!(s, "  interactions: {}", d.interactions.len());
+        for i in &d.interactions {
+            let top = i.top_destination.map_or("-".to_string(), |ip| ip.to_string());
+            let muted = if i.muted { "  while muted" } else { "" };
+            let _ = writeln!(
+                s,
+                "    {:.3}  {:>6.2} s  upload {:>9} B  download {:>9} B  top {top} ({} B){muted}",
+                i.start, i.duration, i.upload_bytes, i.download_bytes, i.top_destination_upload_bytes
+            );
+        }
+        let _ = writeln!(s, "  background upload (heartbeats): {} B", d.background_upload_bytes);
+        for u in &d.unexpected {
+            let _ = writeln!(s, "  unexpected upload {:.3}..{:.3}: {} B, {}", u.start, u.end, u.bytes, u.reason.name());
+        }
+        for f in &d.frames {
+            let _ = writeln!(s, "  frame {:>3} arm {:<6} {:.3}..{:.3}  upload {:>9} B", f.index, f.arm, f.start, f.end, f.upload_bytes);
+        }
+        if !d.arms.is_empty() {
+            let _ = writeln!(s, "  {:<8} {:>4} {:>5} {:>11} {:>10} {:>11}", "arm", "n", "kept", "mean", "sd", "median");
+            for a in &d.arms {
+                let _ = writeln!(s, "  {:<8} {:>4} {:>5} {:>11.1} {:>10.1} {:>11.1}", a.arm, a.n, a.kept, a.mean, a.sd, a.median);
+            }
+        }
     }
     s
 }

@@ -30,6 +30,16 @@ fn not_a_capture() {
 }
 
 #[test]
+fn malformed_muted_span() {
+    let (code, err) = agent(&["replay", "--pcap", "/dev/null", "--device", "02:ec:40:00:00:01", "--muted", "20..10"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err.trim(),
+        "echo-agent: invalid value '20..10' for '--muted <FROM..TO>': malformed span \"20..10\": expected FROM..TO in epoch seconds, either may be left out"
+    );
+}
+
+#[test]
 fn malformed_mac() {
     let (code, err) = agent(&["replay", "--pcap", "/dev/null", "--device", "02:ec:40:00:00"]);
     assert_eq!(code, 2);

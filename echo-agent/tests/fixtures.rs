@@ -311,3 +311,64 @@ fn malformed_frames_always_pass() {
         progs.tc_verified_insns()
     );
 }
+
+/// An ICMP (or ICMPv6) message of `icmp_type` from `src_mac` to `dst_mac`, to `dst`.
+fn icmp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], dst: std::net::IpAddr, icmp_type: u8) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    let icmp = [icmp_type, 0, 0, 0, 0x45, 0x43, 0, 1, b'e', b'c', b'h', b'o'];
+    match dst {
+        std::net::IpAddr::V4(d) => {
+            f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, (20 + icmp.len()) as u8, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 77, 1, 3]);
+            f.extend_from_slice(&d.octets());
+        }
+        std::net::IpAddr::V6(d) => {
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, icmp.len() as u8, 58, 64]);
+            f.extend_from_slice(&[0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+            f.extend_from_slice(&d.octets());
+        }
+    }
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// Echo requests to marker addresses become marker events with their slot, from any host at
+/// XDP ingress and from the hotspot itself at TC egress; echo replies and other addresses do
+/// not; MARKER_PINGS counts the same.
+#[test]
+fn marker_pings_become_events() {
+    use echo_agent::{events, markers::MarkerSpec};
+    use echo_common::{EVENT_MARKER, MAP_EVENTS};
+    let controller = [0x02, 0xec, 0x40, 0x00, 0x00, 0x03];
+    let markers: Vec<MarkerSpec> =
+        ["192.0.2.1=command_start", "192.0.2.2=command_end", "2001:db8::1=response_start", "192.0.2.4=response_end"].iter().map(|m| m.parse().unwrap()).collect();
+    let mut progs = Programs::load().unwrap();
+    let devices = [Mac(DEVICE_MAC)];
+    progs.set_devices(&devices).unwrap();
+    progs.set_markers(&markers.iter().map(|m| m.key()).collect::<Vec<_>>()).unwrap();
+    let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).unwrap()).unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let hotspot = xtask::packets::HOTSPOT_MAC;
+    // (frame, marker slot expected): controller pings through XDP, the hotspot's own through TC.
+    let cases = [
+        (icmp_frame(controller, hotspot, ip("192.0.2.1"), 8), Some(0)),
+        (icmp_frame(controller, hotspot, ip("192.0.2.2"), 8), Some(1)),
+        (icmp_frame(controller, hotspot, ip("192.0.2.1"), 0), None), // echo reply
+        (icmp_frame(controller, hotspot, ip("192.0.2.9"), 8), None), // not a marker
+        (icmp_frame(controller, hotspot, ip("2001:db8::1"), 128), Some(2)),
+        (icmp_frame(controller, hotspot, ip("2001:db8::1"), 129), None),
+        (icmp_frame(hotspot, DEVICE_MAC, ip("192.0.2.4"), 8), Some(3)),
+    ];
+    for (i, (frame, slot)) in cases.iter().enumerate() {
+        progs.set_clock(1_000 + i as u64).unwrap();
+        replay::run_one(&progs, frame, &devices).unwrap();
+        let mut got = Vec::new();
+        events::drain(&mut ring, |e| got.push(e));
+        let got: Vec<(u8, u8, u64)> = got.iter().map(|e| (e.kind, e.marker, e.ts_ns)).collect();
+        let want: Vec<(u8, u8, u64)> = slot.iter().map(|s| (EVENT_MARKER, *s as u8, 1_000 + i as u64)).collect();
+        assert_eq!(got, want, "case {i}");
+    }
+    let pings: Vec<u64> = (0..4).map(|slot| counters::per_cpu_sum(&progs.ebpf, echo_common::MAP_MARKER_PINGS, slot).unwrap()).collect();
+    assert_eq!(pings, vec![1, 1, 1, 1]);
+}

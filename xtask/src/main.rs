@@ -27,8 +27,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run the simulated household.
-    Demo,
+    /// Run the simulated household: the agent live on a simulated hotspot, a simulated Echo.
+    Demo {
+        /// Seconds to run (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Where the agent's metrics and API are forwarded to on this machine.
+        #[arg(long, default_value = "127.0.0.1:9977")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// `cargo` with what the eBPF build needs: RUSTC_BOOTSTRAP for -Z build-std on stable.
@@ -62,11 +69,12 @@ fn main() -> ExitCode {
             c.args(["test", "--workspace", "--exclude", "echo-ebpf", "--release", "--"]).args(args);
             run_checked(&mut c)
         }),
-        Cmd::Demo => setup::run().and_then(|()| require_root("cargo xtask demo")).and_then(|()| {
+        Cmd::Demo { duration, listen } => setup::run().and_then(|()| require_root("cargo xtask demo")).and_then(|()| {
             let mut c = cargo();
             c.args(["build", "--release", "-p", "echo-agent"]);
             run_checked(&mut c)?;
-            xtask::demo::run()
+            xtask::netns::remove_stale();
+            xtask::demo::run(xtask::demo::Options { duration: duration.map(std::time::Duration::from_secs), listen })
         }),
     };
     match result {
