@@ -26,7 +26,7 @@ pub const TC_PROGRAM: &str = "echo_tc";
 
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("loading eBPF programs needs root or CAP_BPF and CAP_NET_ADMIN")]
+    #[error("loading eBPF programs needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")]
     Privileges,
     #[error("the kernel refused the eBPF object")]
     Object(#[source] EbpfError),
@@ -56,11 +56,16 @@ pub fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Whether this process may load and attach the programs: CAP_NET_ADMIN, and CAP_BPF (or,
-/// on kernels before 5.8, CAP_SYS_ADMIN), in its effective set.
+/// Whether this process may load and attach the programs: CAP_NET_ADMIN, and CAP_BPF with
+/// CAP_PERFMON (or, before 5.8, CAP_SYS_ADMIN), in its effective set. CAP_PERFMON because the
+/// parsers add variable offsets (IP options, IPv6 extension headers, VLAN tags) to packet
+/// pointers: without it the verifier must mask such arithmetic against Spectre v1 and can
+/// only do so for stack and map pointers, so it refuses the program ("pointer arithmetic
+/// with it prohibited for !root").
 pub fn has_privileges() -> bool {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     // struct __user_cap_header_struct { version, pid } and two __user_cap_data_struct
     // { effective, permitted, inheritable } (version 3: 64 capability bits).
@@ -71,7 +76,7 @@ pub fn has_privileges() -> bool {
         return false;
     }
     let effective = |cap: u32| data[(cap / 32 * 3) as usize] & (1 << (cap % 32)) != 0;
-    effective(CAP_NET_ADMIN) && (effective(CAP_BPF) || effective(CAP_SYS_ADMIN))
+    effective(CAP_NET_ADMIN) && ((effective(CAP_BPF) && effective(CAP_PERFMON)) || effective(CAP_SYS_ADMIN))
 }
 
 /// The parsed object file: map definitions (names, sizes) without loading anything.

@@ -58,7 +58,7 @@ fn missing_privileges() {
         .expect("setpriv");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim(), "echo-agent: loading eBPF programs needs root or CAP_BPF and CAP_NET_ADMIN");
+    assert_eq!(err.trim(), "echo-agent: loading eBPF programs needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN");
 }
 
 // `echo-agent run`: every flag and environment error, each in a private namespace.
@@ -155,7 +155,7 @@ fn run_without_privileges() {
     let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"];
     assert_exit2(
         run_in(&ns, &nobody, &["--iface", "lo", "--device", MAC]),
-        "echo-agent: loading eBPF programs needs root or CAP_BPF and CAP_NET_ADMIN",
+        "echo-agent: loading eBPF programs needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN",
     );
 }
 

@@ -25,13 +25,22 @@ pub struct Agent {
     pub iface: String,
     pub listen: SocketAddr,
     args: Vec<String>,
+    /// A command the agent runs under, inside the namespace (e.g. setpriv dropping privileges).
+    wrap: Vec<String>,
     pub log: PathBuf,
 }
 
 impl Agent {
     /// Starts `bin run --iface <hotspot LAN> <args>` and waits until it serves metrics.
     pub fn start(bin: &Path, topo: &Topology, args: &[&str]) -> Result<Self> {
+        Self::start_wrapped(bin, topo, &[], args)
+    }
+
+    /// As `start`, with the agent run under `wrap` (a command line ending where the agent's
+    /// begins, such as `setpriv --reuid ... --`).
+    pub fn start_wrapped(bin: &Path, topo: &Topology, wrap: &[&str], args: &[&str]) -> Result<Self> {
         let mut a = Agent {
+            wrap: wrap.iter().map(|s| s.to_string()).collect(),
             child: None,
             bin: bin.to_path_buf(),
             ns: topo.hotspot_ns.clone(),
@@ -54,7 +63,9 @@ impl Agent {
     /// Starts the agent process (again) and waits for its metrics endpoint.
     pub fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut c = self.command(&["run", "--iface", &self.iface, "--web.listen-address", LISTEN]);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.ns)).args(&self.wrap).arg(&self.bin);
+        c.args(["run", "--iface", &self.iface, "--web.listen-address", LISTEN]);
         c.args(&self.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         self.child = Some(c.spawn().context("starting echo-agent")?);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -68,6 +79,11 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("echo-agent did not serve metrics within 20 s: {}", self.log_text())
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn log_text(&self) -> String {

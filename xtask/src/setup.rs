@@ -6,7 +6,8 @@ use anyhow::{bail, Context as _, Result};
 
 /// Debian packages: LLVM 22 for bpf-linker, tshark (ground truth), tcpdump (captures),
 /// iproute2 (namespaces), openssl (the second real TLS stack), ethtool, util-linux (nsenter,
-/// setpriv), prometheus (promtool checks the exposition format).
+/// setpriv), prometheus (promtool checks the exposition format; deploy/ is verified against a
+/// real Prometheus), systemd (systemd-analyze verifies the unit).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -18,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "util-linux",
     "prometheus",
+    "systemd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
