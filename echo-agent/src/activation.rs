@@ -13,13 +13,17 @@
 //! microphone is muted, everything but heartbeats is also unexpected (reason "muted"),
 //! windows included; outside windows it is counted as muted rather than outside_interaction.
 
-use std::{collections::VecDeque, net::IpAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::Clock,
-    frames::{top_destination, Upload},
+    frames::{top_of, Upload},
     heartbeats::{HeartbeatParams, Heartbeats},
     markers::Role,
 };
@@ -101,8 +105,12 @@ struct Episode {
     uploads: u64,
 }
 
+/// An open window. Uploads are summed per destination as they come, so a window open for
+/// hours (a long upload) holds one entry per destination, not one per event.
 struct Open {
-    uploads: Vec<Upload>,
+    start: u64,
+    by_dest: BTreeMap<IpAddr, u64>,
+    upload_bytes: u64,
     upload_records: u64,
     download_bytes: u64,
     download_records: u64,
@@ -218,7 +226,9 @@ impl Tracker {
         let total: u64 = self.recent.iter().map(|(u, _)| u.bytes).sum();
         if total >= self.params.activation_bytes {
             self.open = Some(Open {
-                uploads: Vec::new(),
+                start: self.recent.front().map_or(u.ts_ns, |(first, _)| first.ts_ns),
+                by_dest: BTreeMap::new(),
+                upload_bytes: 0,
                 upload_records: 0,
                 download_bytes: 0,
                 download_records: 0,
@@ -265,7 +275,8 @@ impl Tracker {
         }
         let o = self.open.as_mut().expect("a window is open");
         o.muted |= muted;
-        o.uploads.push(u);
+        *o.by_dest.entry(u.dest).or_default() += u.bytes;
+        o.upload_bytes += u.bytes;
         o.upload_records += records;
         o.last_upload = u.ts_ns;
     }
@@ -307,8 +318,8 @@ impl Tracker {
 
     fn close(&mut self) {
         let Some(o) = self.open.take() else { return };
-        let start = o.uploads.first().map_or(o.last_upload, |u| u.ts_ns);
-        let (top, top_bytes) = top_destination(o.uploads.iter());
+        let start = o.start;
+        let (top, top_bytes) = top_of(o.by_dest);
         self.done.push(Interaction {
             device: self.device.clone(),
             start: self.clock.secs(start),
@@ -316,7 +327,7 @@ impl Tracker {
             duration: (o.last_upload - start) as f64 / 1e9,
             top_destination: top,
             top_destination_upload_bytes: top_bytes,
-            upload_bytes: o.uploads.iter().map(|u| u.bytes).sum(),
+            upload_bytes: o.upload_bytes,
             download_bytes: o.download_bytes,
             upload_records: o.upload_records,
             download_records: o.download_records,

@@ -81,15 +81,7 @@ impl FrameCutter {
 }
 
 /// The destination with the most bytes and its bytes (ties: the lower address).
-pub fn top_destination<'a>(uploads: impl Iterator<Item = &'a Upload>) -> (Option<IpAddr>, u64) {
-    let mut by_dest: BTreeMap<IpAddr, u64> = BTreeMap::new();
-    for u in uploads {
-        *by_dest.entry(u.dest).or_default() += u.bytes;
-    }
-    top_of(by_dest)
-}
-
-fn top_of(by_dest: BTreeMap<IpAddr, u64>) -> (Option<IpAddr>, u64) {
+pub fn top_of(by_dest: BTreeMap<IpAddr, u64>) -> (Option<IpAddr>, u64) {
     by_dest.into_iter().fold((None, 0), |best, (ip, b)| if b > best.1 || best.0.is_none() { (Some(ip), b) } else { best })
 }
 

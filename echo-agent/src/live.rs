@@ -26,9 +26,10 @@ use crate::{
 /// A year of a busy household is ~40,000 interactions.
 const MAX_HISTORY: usize = 100_000;
 
-/// Time is advanced to this long before "now", so events already stamped but not yet in the
-/// ring buffer are not judged late (a window closed just before its last upload arrived).
-const TICK_LAG: Duration = Duration::from_millis(100);
+/// Time is advanced to this long before "now", so events already stamped but not yet read
+/// (they wait up to `events::POLL_INTERVAL` in the ring buffer) are not judged late (a window
+/// closed just before its last upload arrived).
+const TICK_LAG: Duration = Duration::from_millis(250);
 
 /// Upload per interaction or frame: the published commands upload ~45 kB.
 const UPLOAD_BUCKETS: &[f64] = &[1e3, 5e3, 10e3, 20e3, 30e3, 40e3, 50e3, 60e3, 80e3, 100e3, 200e3, 500e3, 1e6];

@@ -113,7 +113,7 @@ fn runs_with_exactly_the_units_capabilities() {
     let server = tls_addr(server_v4(0));
     let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
     let pins = Path::new("/sys/fs/bpf/echo-agent/v1").join(&topo.hotspot_lan_if);
-    let state = std::env::temp_dir().join(format!("echo-{}-caps", topo.id));
+    let state = xtask::agent::state_dir(&format!("{}-caps", topo.id));
     for d in [&pins, &state] {
         std::fs::create_dir_all(d).unwrap();
         std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
@@ -267,7 +267,7 @@ fn prometheus_evaluates_every_rule_and_panel_and_alerts_on_muted_upload() {
     let topo = Topology::new(1500).expect("topology");
     let server = tls_addr(server_v4(0));
     let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
-    let state = std::env::temp_dir().join(format!("echo-{}-prom-state", topo.id));
+    let state = xtask::agent::state_dir(&format!("{}-prom-state", topo.id));
     let mut args = vec!["--device".to_string(), format!("{}={DEVICE}", Mac(DEVICE_MAC)), "--state-dir".into(), state.display().to_string(), "--arms".into(), "I_1,I_2".into()];
     for m in marker_flags() {
         args.extend(["--marker".to_string(), m]);

@@ -169,7 +169,7 @@ fn household_interactions_frames_and_flags() {
     let topo = Topology::new(1500).expect("topology");
     let server = tls_addr(server_v4(0));
     let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
-    let state = std::env::temp_dir().join(format!("echo-{}-interactions", topo.id));
+    let state = xtask::agent::state_dir(&format!("{}-interactions", topo.id));
     let state_s = state.display().to_string();
     let flags = agent_flags(&state_s);
     let mut agent = Agent::start(Path::new(BIN), &topo, &flags.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");

@@ -9,6 +9,10 @@
 /// super-packet), and user space drains the buffer continuously.
 pub const EVENTS_BYTES: u32 = 1 << 20;
 
+/// Bytes waiting in `EVENTS` that make the programs wake the reader (a quarter of the ring);
+/// below it the reader finds events on its timer (`events::POLL_INTERVAL` in user space).
+pub const EVENTS_WAKEUP_BYTES: u32 = EVENTS_BYTES / 4;
+
 /// Most marker addresses. Bounds `MARKERS` and `MARKER_PINGS`.
 pub const MAX_MARKERS: u32 = 64;
 

@@ -1,10 +1,13 @@
 //! The per-packet pipeline shared by the XDP (upload) and TC (download) programs: device
 //! filter, header parsing, destination counters, packet class, TLS record walking.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_ns,
+};
 use echo_common::{
     mac_filter_bit, mac_key, ClassCounters, DestKey, DestStats, Event, FlowKey, FlowState,
-    PacketClass, DIRECTIONS, DIR_UPLOAD, DNS_PORT, EVENT_APP_DATA, INSERTS_DEST_STATS,
+    PacketClass, DIRECTIONS, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA, INSERTS_DEST_STATS,
     INSERTS_FLOWS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
@@ -224,9 +227,12 @@ fn count_insert(slot: u32) {
 }
 
 /// Sends an event to user space, or counts it as dropped when the ring buffer is full.
+/// User space is woken only once `EVENTS_WAKEUP_BYTES` are waiting (it also reads on a
+/// timer): a wake-up per event would cost a context switch per packet.
 #[inline(always)]
 pub fn emit(ev: &Event) {
-    if EVENTS.output::<Event>(ev, 0).is_err() {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= EVENTS_WAKEUP_BYTES as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    if EVENTS.output::<Event>(ev, flags as u64).is_err() {
         if let Some(c) = EVENT_DROPS.get_ptr_mut(0) {
             // SAFETY: per-CPU value, used by this CPU only.
             unsafe { *c += 1 };

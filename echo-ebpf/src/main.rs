@@ -32,6 +32,12 @@ pub fn echo_tc(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// The benchmarks' baseline: an XDP program that only passes the frame (never attached).
+#[xdp]
+pub fn echo_baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -18,6 +18,16 @@ use crate::{http, netns::Topology};
 
 pub const LISTEN: &str = "127.0.0.1:9977";
 
+/// A state directory for an agent under test, on tmpfs (/dev/shm) when there is one. The
+/// agent syncs its log to disk per record; on a small VM a disk flush can stall the CPUs
+/// long enough for the test topology's veth rings to overflow, and the lost packets then
+/// test the walker's loss handling instead of what the test is about.
+pub fn state_dir(name: &str) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    base.join(format!("echo-{name}"))
+}
+
 pub struct Agent {
     child: Option<Child>,
     bin: PathBuf,

@@ -50,7 +50,7 @@ pub fn run(opts: Options) -> Result<()> {
     let topo = Topology::new(1500)?;
     let server = tls_addr(server_v4(0));
     let _cloud = Cloud::start(&topo, server)?;
-    let state = std::env::temp_dir().join(format!("echo-{}-demo", topo.id));
+    let state = crate::agent::state_dir(&format!("{}-demo", topo.id));
     let mac = DEVICE_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     let mut flags = vec![
         "--device".to_string(),

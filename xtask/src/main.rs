@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | test | demo`.
+//! `cargo xtask setup | build | test | bench | demo`.
 
 use std::process::{Command, ExitCode};
 
@@ -26,6 +26,12 @@ enum Cmd {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Benchmarks against baselines measured in the same run; writes target/bench/report.md.
+    Bench {
+        /// A shorter run (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
     },
     /// Run the simulated household: the agent live on a simulated hotspot, a simulated Echo.
     Demo {
@@ -67,6 +73,15 @@ fn main() -> ExitCode {
             let mut c = cargo();
             // echo-ebpf builds only for the BPF target (echo-agent's build script builds it).
             c.args(["test", "--workspace", "--exclude", "echo-ebpf", "--release", "--"]).args(args);
+            run_checked(&mut c)
+        }),
+        Cmd::Bench { quick } => setup::run().and_then(|()| require_root("cargo xtask bench")).and_then(|()| {
+            xtask::netns::remove_stale();
+            let mut c = cargo();
+            c.args(["bench", "-p", "echo-agent", "--bench", "perf", "--"]);
+            if quick {
+                c.arg("--quick");
+            }
             run_checked(&mut c)
         }),
         Cmd::Demo { duration, listen } => setup::run().and_then(|()| require_root("cargo xtask demo")).and_then(|()| {

@@ -167,6 +167,23 @@ impl Topology {
         self.exec_ok(ns, "ethtool", &["-K", dev, "gro", "on"])
     }
 
+    /// Interface drop counters in every namespace (non-zero ones), for a failing test's log.
+    pub fn drops(&self) -> String {
+        let mut out = String::new();
+        for ns in self.namespaces() {
+            let Ok(o) = Command::new("ip").args(["-n", ns, "-s", "-j", "link"]).output() else { continue };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else { continue };
+            for l in v.as_array().into_iter().flatten() {
+                let s = &l["stats64"];
+                let (rx, tx) = (s["rx"]["dropped"].as_u64().unwrap_or(0), s["tx"]["dropped"].as_u64().unwrap_or(0));
+                if rx + tx > 0 {
+                    out.push_str(&format!("{ns}/{}: rx dropped {rx}, tx dropped {tx}; ", l["ifname"].as_str().unwrap_or("?")));
+                }
+            }
+        }
+        out
+    }
+
     fn namespaces(&self) -> [&String; 5] {
         [&self.device_ns, &self.controller_ns, &self.air_ns, &self.hotspot_ns, &self.cloud_ns]
     }
@@ -313,6 +330,17 @@ pub fn remove_stale() {
         for d in dirs.flatten() {
             let name = d.file_name().to_string_lossy().into_owned();
             if name.strip_prefix("hl").is_some_and(dead) {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
+        }
+    }
+    // Agents' state directories (see `agent::state_dir`): "echo-<pid>x<n>-<what>".
+    for base in [std::path::Path::new("/dev/shm").to_path_buf(), std::env::temp_dir()] {
+        let Ok(dirs) = std::fs::read_dir(&base) else { continue };
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            let id = name.strip_prefix("echo-").and_then(|r| r.split('-').next());
+            if id.is_some_and(|id| id.contains('x') && dead(id)) && d.path().is_dir() {
                 let _ = std::fs::remove_dir_all(d.path());
             }
         }

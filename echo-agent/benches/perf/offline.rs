@@ -1,0 +1,127 @@
+//! Offline analysis: `echo-agent replay` against the incumbent, tshark, computing the same
+//! per-destination TLS app-data totals from the same capture (tshark with the lightest
+//! output that yields them: two fields per record).
+
+use std::{collections::BTreeMap, fmt::Write as _, io::Write as _, path::Path, process::Command, time::Instant};
+
+use anyhow::{bail, Context as _, Result};
+use echo_agent::device::Mac;
+use xtask::packets::{tls_stream, Ip, TcpFrame, ACK, DEVICE_MAC, HOTSPOT_MAC, PSH, SYN};
+
+use crate::{fmt3, goal, spread, Scale};
+
+const BIN: &str = env!("CARGO_BIN_EXE_echo-agent");
+const DESTS: u8 = 4;
+
+/// A capture of about `bytes`: four TLS upload flows of one-record 1,400-byte segments,
+/// each answered by an ACK, 100 µs apart.
+fn write_capture(path: &Path, bytes: u64) -> Result<u64> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    w.write_all(&[0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0])?;
+    let mut ts = 1_795_000_000_000_000u64; // µs
+    let mut written = 24u64;
+    let put = |w: &mut std::io::BufWriter<std::fs::File>, frame: &[u8], ts: u64| -> Result<u64> {
+        w.write_all(&((ts / 1_000_000) as u32).to_le_bytes())?;
+        w.write_all(&((ts % 1_000_000) as u32).to_le_bytes())?;
+        w.write_all(&(frame.len() as u32).to_le_bytes())?;
+        w.write_all(&(frame.len() as u32).to_le_bytes())?;
+        w.write_all(frame)?;
+        Ok(16 + frame.len() as u64)
+    };
+    let payload = tls_stream(&[(23, 1395)]);
+    let flow = |d: u8, seq: u32, flags: u8, payload: Vec<u8>| {
+        let mut f = TcpFrame::upload_v4(seq, flags, payload);
+        f.sport = 40_000 + d as u16;
+        f.ip = Ip::V4 { src: [10, 77, 1, 2], dst: [10, 77, 2, 10 + d], options: Vec::new() };
+        f
+    };
+    for d in 0..DESTS {
+        written += put(&mut w, &flow(d, 0, SYN, Vec::new()).build(), ts)?;
+    }
+    let mut i = 0u64;
+    while written < bytes {
+        let d = (i % DESTS as u64) as u8;
+        let seq = 1 + (i / DESTS as u64) as u32 * payload.len() as u32;
+        ts += 100;
+        written += put(&mut w, &flow(d, seq, ACK | PSH, payload.clone()).build(), ts)?;
+        // The server's ACK: from the hotspot's MAC to the device.
+        let mut ack = flow(d, 1, ACK, Vec::new());
+        ack.src_mac = HOTSPOT_MAC;
+        ack.dst_mac = DEVICE_MAC;
+        ack.ip = Ip::V4 { src: [10, 77, 2, 10 + d], dst: [10, 77, 1, 2], options: Vec::new() };
+        (ack.sport, ack.dport) = (443, 40_000 + d as u16);
+        written += put(&mut w, &ack.build(), ts + 10)?;
+        i += 1;
+    }
+    w.flush()?;
+    Ok(written)
+}
+
+/// Wall seconds and peak RSS (MiB) of `cmd`, and its standard output.
+fn measure(cmd: &mut Command) -> Result<(f64, f64, String)> {
+    let t = Instant::now();
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn()?;
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.context("stdout")?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut text)?;
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a zeroed rusage to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid || status != 0 {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok((t.elapsed().as_secs_f64(), usage.ru_maxrss as f64 / 1024.0, text))
+}
+
+pub fn run(scale: Scale) -> Result<String> {
+    let size = if scale.quick { 20_000_000 } else { 100_000_000 };
+    let path = std::env::temp_dir().join(format!("echo-bench-{}.pcap", std::process::id()));
+    let bytes = write_capture(&path, size)?;
+    let mac = Mac(DEVICE_MAC).to_string();
+    let rounds = if scale.quick { 2 } else { 3 };
+    let (mut ours, mut theirs, mut ratios, mut mem) = (Vec::new(), Vec::new(), Vec::new(), (0f64, 0f64));
+    let mut check = String::new();
+    for _ in 0..rounds {
+        let (t_ours, rss_ours, json) = measure(Command::new(BIN).args(["replay", "--device", &mac, "--pcap"]).arg(&path))?;
+        let (t_tshark, rss_tshark, fields) = measure(
+            Command::new("tshark")
+                .arg("-r")
+                .arg(&path)
+                .args(["-n", "-Y", &format!("eth.src == {mac} && tls.record.content_type == 23"), "-T", "fields", "-e", "ip.dst", "-e", "tls.record.length"]),
+        )?;
+        ours.push(t_ours);
+        theirs.push(t_tshark);
+        ratios.push(t_tshark / t_ours);
+        mem = (rss_ours, rss_tshark);
+        // The same totals, or the comparison means nothing.
+        let mut by_ip: BTreeMap<String, u64> = BTreeMap::new();
+        for l in fields.lines() {
+            let (ip, lens) = l.split_once('\t').unwrap_or((l, ""));
+            *by_ip.entry(ip.to_string()).or_default() += lens.split(',').filter_map(|x| x.parse::<u64>().ok()).sum::<u64>();
+        }
+        let report: serde_json::Value = serde_json::from_str(&json)?;
+        for d in report["devices"][0]["destinations"].as_array().into_iter().flatten() {
+            let ip = d["ip"].as_str().unwrap_or_default();
+            let n = d["upload"]["tls_app_bytes"].as_u64().unwrap_or(0);
+            if by_ip.get(ip).copied().unwrap_or(0) != n {
+                bail!("replay and tshark disagree on {ip}: {n} vs {:?}", by_ip.get(ip));
+            }
+        }
+        check = format!("{} destinations, {} B of TLS app data, equal in both", by_ip.len(), by_ip.values().sum::<u64>());
+    }
+    let _ = std::fs::remove_file(&path);
+    let (_, med, _) = spread(ratios.clone());
+    let mut out = format!("## Offline: replay vs tshark on a {:.0} MB capture\n\n", bytes as f64 / 1e6);
+    let _ = writeln!(out, "| tool | wall s | peak RSS MiB |\n|---|---|---|");
+    let _ = writeln!(out, "| echo-agent replay | {} | {:.1} |", fmt3(spread(ours), 2), mem.0);
+    let _ = writeln!(out, "| tshark -T fields (baseline) | {} | {:.1} |", fmt3(spread(theirs), 2), mem.1);
+    let _ = writeln!(
+        out,
+        "\nSpeed-up {} (min/median/max); {check}. Goals: ≥ 20× faster: {}; less memory: {}.\n",
+        fmt3(spread(ratios), 1),
+        goal(med >= 20.0),
+        goal(mem.0 < mem.1)
+    );
+    Ok(out)
+}
