@@ -16,7 +16,7 @@ use echo_agent::device::Mac;
 use serde_json::Value;
 use xtask::{
     agent::Agent,
-    echo_sim::{self, marker_flags, Hooks, Household},
+    echo_sim::{self, Hooks, Household},
     http,
     netns::{server_v4, tls_addr, Topology},
     packets::DEVICE_MAC,
@@ -268,18 +268,11 @@ fn prometheus_evaluates_every_rule_and_panel_and_alerts_on_muted_upload() {
     let server = tls_addr(server_v4(0));
     let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
     let state = xtask::agent::state_dir(&format!("{}-prom-state", topo.id));
-    let mut args = vec!["--device".to_string(), format!("{}={DEVICE}", Mac(DEVICE_MAC)), "--state-dir".into(), state.display().to_string(), "--arms".into(), "I_1,I_2".into()];
-    for m in marker_flags() {
-        args.extend(["--marker".to_string(), m]);
-    }
-    args.extend(["--heartbeat-min-interval".to_string(), "1".into()]);
+    let args = echo_sim::agent_flags(&state);
     let agent = Agent::start(Path::new(BIN), &topo, &args.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");
     let prom = Prometheus::start(&topo);
 
-    let (ns, listen) = (agent.ns.clone(), agent.listen);
-    let mute = Box::new(move |m: bool| -> anyhow::Result<()> {
-        http::request(&ns, listen, "POST", &format!("/api/devices/{DEVICE}/muted"), if m { "true" } else { "false" }).map(|_| ())
-    });
+    let mute = echo_sim::mute_via_api(&agent);
     // Two framed commands, then an upload while muted (the household plan's order).
     let house = Household { lead_in: Duration::from_secs(4), commands: 2, trickle: false, ..Default::default() };
     let plan = house.plan();

@@ -32,39 +32,20 @@ use xtask::{
     agent::Agent,
     capture::Capture,
     echo_sim::{self, marker_flags, CommandTruth, Hooks, Household, Truth},
-    http,
     netns::{marker_v4, server_v4, tls_addr, Topology, MARKERS},
     packets::DEVICE_MAC,
     tshark::{self, Seen},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_echo-agent");
-const DEVICE: &str = "echo";
-const ARMS: [&str; 2] = ["I_1", "I_2"];
-/// The simulator runs heartbeats 10× faster than real (every 3 s and 9.1 s).
-const HEARTBEAT_MIN_INTERVAL: &str = "1";
+const DEVICE: &str = echo_sim::DEVICE_NAME;
+const ARMS: [&str; 2] = echo_sim::ARMS;
 
 fn household() -> Household {
     // Four trials per arm; the outlier (trial 4, arm I_1) is dropped by the IQR filter.
     Household { lead_in: Duration::from_secs(12), commands: 8, ..Default::default() }
 }
 
-fn agent_flags(state: &str) -> Vec<String> {
-    let mut f = vec![
-        "--device".to_string(),
-        format!("{}={DEVICE}", Mac(DEVICE_MAC)),
-        "--state-dir".into(),
-        state.into(),
-        "--arms".into(),
-        ARMS.join(","),
-        "--heartbeat-min-interval".into(),
-        HEARTBEAT_MIN_INTERVAL.into(),
-    ];
-    for m in marker_flags() {
-        f.extend(["--marker".to_string(), m]);
-    }
-    f
-}
 
 fn get<T: serde::de::DeserializeOwned>(agent: &Agent, path: &str) -> T {
     let r = agent.get(path).unwrap();
@@ -170,17 +151,11 @@ fn household_interactions_frames_and_flags() {
     let server = tls_addr(server_v4(0));
     let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
     let state = xtask::agent::state_dir(&format!("{}-interactions", topo.id));
-    let state_s = state.display().to_string();
-    let flags = agent_flags(&state_s);
+    let flags = echo_sim::agent_flags(&state);
     let mut agent = Agent::start(Path::new(BIN), &topo, &flags.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");
     let cap = Capture::start(&topo, &topo.hotspot_ns, &topo.hotspot_lan_if, "household").expect("tcpdump");
 
-    let (ns, listen) = (agent.ns.clone(), agent.listen);
-    let mute = Box::new(move |m: bool| -> anyhow::Result<()> {
-        let r = http::request(&ns, listen, "POST", &format!("/api/devices/{DEVICE}/muted"), if m { "true" } else { "false" })?;
-        anyhow::ensure!(r.status == 200, "mute: {} {}", r.status, r.body);
-        Ok(())
-    });
+    let mute = echo_sim::mute_via_api(&agent);
     let hooks = Hooks::controller(&topo, mute, Arc::new(AtomicBool::new(false)));
     let plan = household().plan();
     let truth = echo_sim::run(&topo, server, plan, hooks).expect("simulator").join().unwrap().expect("simulated Echo");

@@ -21,16 +21,11 @@ use serde_json::Value;
 
 use crate::{
     agent::Agent,
-    echo_sim::{self, marker_flags, Cloud, Hooks, Household},
-    http,
+    echo_sim::{self, Cloud, Hooks, Household, DEVICE_NAME as DEVICE},
     netns::{server_v4, spawn_in, tls_addr, Topology},
     packets::DEVICE_MAC,
 };
 
-const DEVICE: &str = "echo";
-const ARMS: &str = "I_1,I_2";
-/// The demo runs heartbeats 10× faster than real (see `Household::compress`).
-const HEARTBEAT_MIN_INTERVAL: &str = "1";
 /// Without --duration: slots for about an hour, until Ctrl-C.
 const UNTIL_STOPPED: usize = 500;
 
@@ -52,19 +47,7 @@ pub fn run(opts: Options) -> Result<()> {
     let _cloud = Cloud::start(&topo, server)?;
     let state = crate::agent::state_dir(&format!("{}-demo", topo.id));
     let mac = DEVICE_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let mut flags = vec![
-        "--device".to_string(),
-        format!("{mac}={DEVICE}"),
-        "--state-dir".into(),
-        state.display().to_string(),
-        "--arms".into(),
-        ARMS.into(),
-        "--heartbeat-min-interval".into(),
-        HEARTBEAT_MIN_INTERVAL.into(),
-    ];
-    for m in marker_flags() {
-        flags.extend(["--marker".to_string(), m]);
-    }
+    let flags = echo_sim::agent_flags(&state);
     let agent = Agent::start(&bin, &topo, &flags.iter().map(String::as_str).collect::<Vec<_>>())?;
     let listen = forward(opts.listen, agent.ns.clone(), agent.listen)?;
 
@@ -85,7 +68,8 @@ pub fn run(opts: Options) -> Result<()> {
     println!("  metrics  http://{listen}/metrics");
     println!("  API      http://{listen}/api/interactions  /api/frames  /api/arms  /api/unexpected  /api/devices");
     println!(
-        "  plan: heartbeats (100 B every {:.1} s, 99 B every {:.1} s: 10x time-compressed), {} voice commands framed by marker pings over arms {ARMS}{}{}",
+        "  plan: heartbeats (100 B every {:.1} s, 99 B every {:.1} s: 10x time-compressed), {} voice commands framed by marker pings over arms {}{}{}",
+        echo_sim::ARMS.join(","),
         echo_sim::HEARTBEATS[0].1 / house.compress,
         echo_sim::HEARTBEATS[1].1 / house.compress,
         house.commands,
@@ -98,11 +82,11 @@ pub fn run(opts: Options) -> Result<()> {
     });
     println!();
 
-    let (ns, api) = (agent.ns.clone(), agent.listen);
     let t0 = Instant::now();
+    let mut report = echo_sim::mute_via_api(&agent);
     let mute = Box::new(move |m: bool| -> Result<()> {
         println!("{:>7.1}s  household automation: microphone {}", t0.elapsed().as_secs_f64(), if m { "MUTED" } else { "unmuted" });
-        http::request(&ns, api, "POST", &format!("/api/devices/{DEVICE}/muted"), if m { "true" } else { "false" }).map(|_| ())
+        report(m)
     });
     let sim = echo_sim::run(&topo, server, house.plan(), Hooks::controller(&topo, mute, stop.clone()))?;
     let deadline = opts.duration.map(|d| t0 + d);

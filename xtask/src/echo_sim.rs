@@ -10,7 +10,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -24,7 +24,7 @@ use rustls::pki_types::ServerName;
 
 use crate::{
     netns::{marker_v4, spawn_in, Topology},
-    tls::{client_config, provider_with, server_config, Version, SERVER_NAME},
+    tls::{client_config, provider_with, TlsServer, Version, SERVER_NAME},
 };
 
 /// TLS 1.3 with AES-128-GCM: the inner content-type byte and the 16-byte tag.
@@ -50,6 +50,38 @@ pub const COMMAND_END: usize = 1;
 pub const RESPONSE_START: usize = 2;
 pub const RESPONSE_END: usize = 3;
 pub const ROLES: [&str; 4] = ["command_start", "command_end", "response_start", "response_end"];
+
+/// The simulated Echo's name in the agent's flags, metrics and API.
+pub const DEVICE_NAME: &str = "echo";
+/// Arms the household's framed commands rotate over.
+pub const ARMS: [&str; 2] = ["I_1", "I_2"];
+
+/// `echo-agent run` flags for watching the simulated household: the Echo as `DEVICE_NAME`,
+/// the four markers, the arms, and a heartbeat interval that fits heartbeats 10× faster than
+/// real (every 3 s and 9.1 s).
+pub fn agent_flags(state: &std::path::Path) -> Vec<String> {
+    let mac = crate::packets::DEVICE_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mut f: Vec<String> = ["--device", &format!("{mac}={DEVICE_NAME}"), "--state-dir", &state.display().to_string(), "--arms", &ARMS.join(","), "--heartbeat-min-interval", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for m in marker_flags() {
+        f.extend(["--marker".to_string(), m]);
+    }
+    f
+}
+
+/// A mute hook that reports the switch to `agent`'s API, as a household automation would.
+pub fn mute_via_api(agent: &crate::agent::Agent) -> Box<dyn FnMut(bool) -> Result<()> + Send> {
+    let (ns, listen) = (agent.ns.clone(), agent.listen);
+    Box::new(move |m: bool| {
+        let r = crate::http::request(&ns, listen, "POST", &format!("/api/devices/{DEVICE_NAME}/muted"), if m { "true" } else { "false" })?;
+        if r.status != 200 {
+            bail!("mute: {} {}", r.status, r.body);
+        }
+        Ok(())
+    })
+}
 
 /// `--marker IP=ROLE` values for the four marker addresses of a topology.
 pub fn marker_flags() -> Vec<String> {
@@ -141,60 +173,25 @@ impl Hooks {
     }
 }
 
-/// The simulated cloud: accepts the Echo's connection and answers commands.
+/// The simulated cloud: accepts the Echo's connection and answers commands. Stops when
+/// dropped.
 pub struct Cloud {
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<()>>,
+    _server: TlsServer,
 }
 
 impl Cloud {
     pub fn start(topo: &Topology, addr: SocketAddr) -> Result<Self> {
-        let config = server_config()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let handle = spawn_in(&topo.cloud_ns, move || {
-            let l = match TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((sock, _)) => {
-                        let (config, stop) = (config.clone(), stop2.clone());
-                        thread::spawn(move || {
-                            let _ = answer(sock, config, stop);
-                        });
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        })?;
-        ready_rx.recv_timeout(Duration::from_secs(5)).context("cloud did not start")?.context("cloud bind")?;
-        Ok(Cloud { stop, handle: Some(handle) })
+        Ok(Cloud { _server: TlsServer::with(topo, vec![addr], answer)? })
     }
 }
 
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn answer(sock: TcpStream, config: Arc<rustls::ServerConfig>, stop: Arc<AtomicBool>) -> Result<()> {
+fn answer(sock: TcpStream, config: Arc<rustls::ServerConfig>, stop: &AtomicBool) -> Result<()> {
     sock.set_nonblocking(false)?;
     sock.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(config)?, sock);
     let mut header = [0u8; HEADER];
     loop {
-        match read_full(&mut tls, &mut header, &stop) {
+        match read_full(&mut tls, &mut header, stop) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
             Err(e) => return Err(e),
@@ -202,7 +199,7 @@ fn answer(sock: TcpStream, config: Arc<rustls::ServerConfig>, stop: Arc<AtomicBo
         let len = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
         let response = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes")) as usize;
         let mut body = vec![0u8; len];
-        if !read_full(&mut tls, &mut body, &stop)? {
+        if !read_full(&mut tls, &mut body, stop)? {
             return Ok(());
         }
         if header[0] == KIND_LAST && response > 0 {

@@ -64,8 +64,10 @@ pub(crate) fn provider_with(suite: rustls::SupportedCipherSuite) -> Arc<CryptoPr
     Arc::new(CryptoProvider { cipher_suites: vec![suite], ..ring::default_provider() })
 }
 
-/// Accepts connections on `addrs`, reads each until the client's close_notify, answers with
-/// `response` bytes, closes. Stops when dropped.
+/// A TLS server in the cloud namespace: accepts on `addrs` until dropped, and hands each
+/// connection to its handler on a thread of its own. `start` reads each connection until the
+/// client's close_notify and answers with `response` bytes; the simulated Echo's cloud
+/// (`echo_sim::Cloud`) brings its own handler.
 pub struct TlsServer {
     stop: Arc<AtomicBool>,
     handle: Option<thread::JoinHandle<()>>,
@@ -73,28 +75,37 @@ pub struct TlsServer {
 
 impl TlsServer {
     pub fn start(topo: &Topology, addrs: Vec<SocketAddr>, response: usize) -> Result<Self> {
+        Self::with(topo, addrs, move |sock, config, _| serve(sock, config, response))
+    }
+
+    pub(crate) fn with(
+        topo: &Topology,
+        addrs: Vec<SocketAddr>,
+        handler: impl Fn(TcpStream, Arc<rustls::ServerConfig>, &AtomicBool) -> Result<()> + Send + Sync + Clone + 'static,
+    ) -> Result<Self> {
         let config = server_config()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = spawn_in(&topo.cloud_ns, move || {
-            let listeners: Vec<TcpListener> = addrs
-                .iter()
-                .map(|a| {
-                    let l = TcpListener::bind(a).expect("bind in the cloud namespace");
-                    l.set_nonblocking(true).expect("nonblocking");
-                    l
-                })
-                .collect();
-            let _ = ready_tx.send(());
+            let bound: std::io::Result<Vec<TcpListener>> =
+                addrs.iter().map(|a| TcpListener::bind(a).and_then(|l| l.set_nonblocking(true).map(|()| l))).collect();
+            let listeners = match bound {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
             while !stop2.load(Ordering::Relaxed) {
                 let mut idle = true;
                 for l in &listeners {
                     if let Ok((sock, _)) = l.accept() {
                         idle = false;
-                        let config = config.clone();
+                        let (config, stop, handler) = (config.clone(), stop2.clone(), handler.clone());
                         thread::spawn(move || {
-                            let _ = serve(sock, config, response);
+                            let _ = handler(sock, config, &stop);
                         });
                     }
                 }
@@ -103,7 +114,7 @@ impl TlsServer {
                 }
             }
         })?;
-        ready_rx.recv_timeout(Duration::from_secs(5)).context("TLS server did not start")?;
+        ready_rx.recv_timeout(Duration::from_secs(5)).context("TLS server did not start")?.context("binding in the cloud namespace")?;
         Ok(TlsServer { stop, handle: Some(handle) })
     }
 }

@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use echo_agent::device::Mac;
 use xtask::{
     agent::Agent,
-    echo_sim::{self, marker_flags, Hooks, Household},
+    echo_sim::{self, Hooks, Household},
     http,
     netns::{server_v4, spawn_in, tls_addr, Topology},
     packets::{tls_stream, Ip, TcpFrame, ACK, PSH, SYN},
@@ -52,10 +52,7 @@ fn household(secs: u64) -> Result<String> {
     let server = tls_addr(server_v4(0));
     let _cloud = echo_sim::Cloud::start(&topo, server).context("cloud")?;
     let state = xtask::agent::state_dir(&format!("{}-bench", topo.id));
-    let mut args = vec!["--device".to_string(), format!("{}=echo", Mac(xtask::packets::DEVICE_MAC)), "--state-dir".into(), state.display().to_string(), "--heartbeat-min-interval".into(), "1".into(), "--arms".into(), "I_1,I_2".into()];
-    for m in marker_flags() {
-        args.extend(["--marker".to_string(), m]);
-    }
+    let args = echo_sim::agent_flags(&state);
     let agent = Agent::start(Path::new(BIN), &topo, &args.iter().map(String::as_str).collect::<Vec<_>>()).context("agent")?;
     let pid = agent.pid().expect("running");
     let idle = watch(pid, (secs / 4).max(10));
