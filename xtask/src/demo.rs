@@ -69,10 +69,10 @@ pub fn run(opts: Options) -> Result<()> {
     println!("  API      http://{listen}/api/interactions  /api/frames  /api/arms  /api/unexpected  /api/devices");
     println!(
         "  plan: heartbeats (100 B every {:.1} s, 99 B every {:.1} s: 10x time-compressed), {} voice commands framed by marker pings over arms {}{}{}",
-        echo_sim::ARMS.join(","),
         echo_sim::HEARTBEATS[0].1 / house.compress,
         echo_sim::HEARTBEATS[1].1 / house.compress,
         house.commands,
+        echo_sim::ARMS.join(","),
         if house.muted_upload { ", one upload while muted" } else { "" },
         if house.trickle { ", one trickle outside any interaction" } else { "" },
     );
