@@ -108,11 +108,21 @@ impl Session {
         self.devices.values_mut().for_each(|d| d.tracker.tick(now_ns));
     }
 
-    /// Sets a device's microphone state from `now_ns` on; false for an unknown device.
+    /// Sets a device's microphone state from `now_ns` on, and records the switch; false for
+    /// an unknown device.
     pub fn set_muted(&mut self, name: &str, now_ns: u64, muted: bool) -> bool {
+        if !self.restore_muted(name, now_ns, muted) {
+            return false;
+        }
+        self.records.push(Record::Muted { device: name.to_string(), muted, at: self.clock.secs(now_ns) });
+        true
+    }
+
+    /// Sets a device's microphone state without recording it (the state read back from the
+    /// log at start); false for an unknown device.
+    pub fn restore_muted(&mut self, name: &str, now_ns: u64, muted: bool) -> bool {
         let Some(d) = self.devices.values_mut().find(|d| d.name == name) else { return false };
         d.tracker.set_muted(now_ns, muted);
-        self.records.push(Record::Muted { device: name.to_string(), muted, at: self.clock.secs(now_ns) });
         true
     }
 

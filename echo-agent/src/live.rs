@@ -181,15 +181,13 @@ impl Live {
                 _ => None,
             });
             if let Some(m) = muted {
-                session.set_muted(name, now, m);
+                session.restore_muted(name, now, m);
             }
             metrics.muted.with_label_values(d).set(muted.unwrap_or(false) as i64);
             if let Some(i) = history.interactions.iter().rev().find(|i| &i.device == name) {
                 metrics.last(i);
             }
         }
-        // The restored mute states are in the log already.
-        session.take();
         Ok(Live { state: Mutex::new(State { session, store, history, store_failed: false }), metrics, devices: devices.iter().map(|d| d.1.clone()).collect() })
     }
 

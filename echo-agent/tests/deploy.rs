@@ -46,9 +46,13 @@ fn promtool_checks_config_rules_and_rule_unit_tests() {
     assert!(tests.contains("SUCCESS"), "{tests}");
 }
 
+fn unit_text() -> String {
+    std::fs::read_to_string(deploy("systemd/echo-agent.service")).unwrap()
+}
+
 /// The unit with ExecStart pointing at the binary under test (verify checks it exists).
 fn unit_under_test() -> (PathBuf, String) {
-    let text = std::fs::read_to_string(deploy("systemd/echo-agent.service")).unwrap();
+    let text = unit_text();
     let dir = std::env::temp_dir().join(format!("echo-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("echo-agent.service");
@@ -106,9 +110,7 @@ fn cap_mask(caps: &[String]) -> u64 {
 /// programs, so the agent says so in one line before touching anything.
 #[test]
 fn runs_with_exactly_the_units_capabilities() {
-    let (path, text) = unit_under_test();
-    let _ = std::fs::remove_dir_all(path.parent().unwrap());
-    let caps = unit_capabilities(&text);
+    let caps = unit_capabilities(&unit_text());
     let topo = Topology::new(1500).expect("topology");
     let server = tls_addr(server_v4(0));
     let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
@@ -122,8 +124,7 @@ fn runs_with_exactly_the_units_capabilities() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     let without: Vec<String> = caps.iter().filter(|c| *c != "perfmon").cloned().collect();
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", topo.hotspot_ns))
+    let out = xtask::netns::nsenter(&topo.hotspot_ns)
         .args(setpriv(&without))
         .arg(BIN)
         .args(["run", "--iface", &topo.hotspot_lan_if])
@@ -196,8 +197,7 @@ impl Prometheus {
         let config = config.replace("scrape_interval: 15s", "scrape_interval: 1s").replace("evaluation_interval: 15s", "evaluation_interval: 1s");
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         std::fs::copy(deploy("prometheus/echo-agent.rules.yml"), dir.join("echo-agent.rules.yml")).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", topo.hotspot_ns))
+        let child = xtask::netns::nsenter(&topo.hotspot_ns)
             .arg("prometheus")
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))

@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{http, netns::Topology};
+use crate::{
+    http,
+    netns::{nsenter, Topology},
+};
 
 pub const LISTEN: &str = "127.0.0.1:9977";
 
@@ -65,17 +68,16 @@ impl Agent {
     }
 
     fn command(&self, sub: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/var/run/netns/{}", self.ns)).arg(&self.bin).args(sub);
+        let mut c = nsenter(&self.ns);
+        c.arg(&self.bin).args(sub);
         c
     }
 
     /// Starts the agent process (again) and waits for its metrics endpoint.
     pub fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/var/run/netns/{}", self.ns)).args(&self.wrap).arg(&self.bin);
-        c.args(["run", "--iface", &self.iface, "--web.listen-address", LISTEN]);
+        let mut c = nsenter(&self.ns);
+        c.args(&self.wrap).arg(&self.bin).args(["run", "--iface", &self.iface, "--web.listen-address", LISTEN]);
         c.args(&self.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         self.child = Some(c.spawn().context("starting echo-agent")?);
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -70,7 +70,8 @@ pub struct Topology {
     pub device_if: String,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// `ip ARGS`, failing with its message.
+pub fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).stdin(Stdio::null()).output().context("running ip")?;
     if !out.status.success() {
         bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -288,8 +289,8 @@ impl Scratch {
 
     /// `program` run inside the namespace with `nsenter --net` (same mounts as the caller).
     pub fn nsenter(&self, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/var/run/netns/{}", self.name)).arg(program);
+        let mut c = nsenter(&self.name);
+        c.arg(program);
         c
     }
 }
@@ -298,6 +299,14 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);
     }
+}
+
+/// `nsenter --net` into namespace `ns`, for the caller to add the command. Unlike `ip netns
+/// exec` it keeps the caller's mounts (one /sys, so one bpffs for every agent).
+pub fn nsenter(ns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/{ns}"));
+    c
 }
 
 /// Runs `f` on a thread that has entered network namespace `ns` (setns affects only the

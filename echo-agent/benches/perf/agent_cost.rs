@@ -127,8 +127,8 @@ fn scrape(scale: Scale) -> Result<String> {
     let p = live_path::pair()?;
     let devices: Vec<[u8; 6]> = (0..16u8).map(|i| [0x02, 0xec, 0x40, 0x00, 0x10, i]).collect();
     let state = xtask::agent::state_dir(&format!("bench-scrape-{}", std::process::id()));
-    let mut cmd = std::process::Command::new("nsenter");
-    cmd.arg(format!("--net=/var/run/netns/{}", p.sink)).arg(BIN).args(["run", "--iface", &p.sink_if, "--web.listen-address", "127.0.0.1:9978", "--state-dir"]).arg(&state);
+    let mut cmd = xtask::netns::nsenter(&p.sink);
+    cmd.arg(BIN).args(["run", "--iface", &p.sink_if, "--web.listen-address", "127.0.0.1:9978", "--state-dir"]).arg(&state);
     for (i, d) in devices.iter().enumerate() {
         cmd.args(["--device", &format!("{}=speaker-{i:02}", Mac(*d))]);
     }

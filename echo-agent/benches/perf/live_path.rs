@@ -8,7 +8,6 @@ use std::{
     fmt::Write as _,
     net::UdpSocket,
     path::Path,
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -17,9 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use echo_agent::device::Mac;
-use xtask::{netns::spawn_in, packets::DEVICE_MAC};
+use xtask::{
+    netns::{ip, nsenter, spawn_in},
+    packets::DEVICE_MAC,
+};
 
 use crate::{fmt3, goal, spread, Scale};
 
@@ -34,18 +36,10 @@ pub struct Pair {
 impl Drop for Pair {
     fn drop(&mut self) {
         for ns in [&self.sender, &self.sink] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = ip(&["netns", "del", ns]);
         }
         let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/echo-agent/v1").join(&self.sink_if));
     }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }
 
 pub fn pair() -> Result<Pair> {
@@ -67,7 +61,7 @@ pub fn pair() -> Result<Pair> {
 
 /// UDP datagrams the sink's stack processed so far (no socket listens: NoPorts).
 fn processed(ns: &str) -> Result<u64> {
-    let out = Command::new("nsenter").arg(format!("--net=/var/run/netns/{ns}")).args(["cat", "/proc/net/snmp"]).output()?;
+    let out = nsenter(ns).args(["cat", "/proc/net/snmp"]).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
     let (names, values) = (udp.next().context("Udp header")?, udp.next().context("Udp values")?);
@@ -126,8 +120,7 @@ pub fn run(scale: Scale) -> Result<String> {
         results[0].3.push(1.0);
         results[0].4.push(base_ns);
         for (k, mode) in [(1, "skb"), (2, "driver")] {
-            let mut agent = Command::new("nsenter")
-                .arg(format!("--net=/var/run/netns/{}", p.sink))
+            let mut agent = nsenter(&p.sink)
                 .arg(BIN)
                 .args(["run", "--iface", &p.sink_if, "--device", &Mac(DEVICE_MAC).to_string(), "--xdp-mode", mode, "--web.listen-address", "127.0.0.1:9979", "--state-dir"])
                 .arg(&state)
