@@ -153,7 +153,6 @@ struct State {
 pub struct Live {
     state: Mutex<State>,
     metrics: Metrics,
-    devices: Vec<String>,
 }
 
 impl Live {
@@ -188,7 +187,7 @@ impl Live {
                 metrics.last(i);
             }
         }
-        Ok(Live { state: Mutex::new(State { session, store, history, store_failed: false }), metrics, devices: devices.iter().map(|d| d.1.clone()).collect() })
+        Ok(Live { state: Mutex::new(State { session, store, history, store_failed: false }), metrics })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -288,7 +287,7 @@ impl Api for Live {
             Ok(s) => s,
             Err(e) => return error(400, &e),
         };
-        let st = self.state();
+        let mut st = self.state();
         let h = &st.history;
         match (method, path) {
             (Method::Get, "/api/interactions") => json(200, &h.interactions.iter().filter(|x| x.end >= since).collect::<Vec<_>>()),
@@ -322,12 +321,9 @@ impl Api for Live {
                     "false" => false,
                     other => return error(400, &format!("body must be true or false, got {other:?}")),
                 };
-                drop(st);
-                if !self.devices.iter().any(|d| d == name) {
+                if !st.session.set_muted(name, monotonic_ns(), muted) {
                     return error(404, &format!("no device {name:?}"));
                 }
-                let mut st = self.state();
-                st.session.set_muted(name, monotonic_ns(), muted);
                 self.publish(&mut st);
                 json(200, &serde_json::json!({ "device": name, "muted": muted }))
             }

@@ -35,7 +35,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A server for `SERVER_NAME` with a fresh self-signed certificate, TLS 1.2 and 1.3.
-pub(crate) fn server_config() -> Result<Arc<rustls::ServerConfig>> {
+fn server_config() -> Result<Arc<rustls::ServerConfig>> {
     let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
     let config = rustls::ServerConfig::builder_with_provider(provider())
