@@ -372,3 +372,31 @@ fn marker_pings_become_events() {
     let pings: Vec<u64> = (0..4).map(|slot| counters::per_cpu_sum(&progs.ebpf, echo_common::MAP_MARKER_PINGS, slot).unwrap()).collect();
     assert_eq!(pings, vec![1, 1, 1, 1]);
 }
+
+/// A full ring buffer drops events, not bytes: with nobody reading, 22,000 one-record
+/// segments overflow the 1 MiB `EVENTS` (48 bytes per event, so 21,845 fit); every event is
+/// either read or counted in `EVENT_DROPS`, and the counters stay exact.
+#[test]
+fn a_full_ring_buffer_counts_dropped_events_and_keeps_counters_exact() {
+    use echo_common::{Event, EVENTS_BYTES, MAP_EVENTS, MAP_EVENT_DROPS};
+    const SEGMENTS: usize = 22_000;
+    const PAYLOAD: usize = 100;
+    let stream = tls_stream(&vec![(APP, PAYLOAD); SEGMENTS]);
+    let cuts: Vec<usize> = (1..SEGMENTS).map(|i| i * (PAYLOAD + 5)).collect();
+    let frames = flow(&stream, &cuts, &[], plain);
+    let mut progs = Programs::load().unwrap();
+    let devices = [Mac(DEVICE_MAC)];
+    progs.set_devices(&devices).unwrap();
+    for f in &frames {
+        replay::run_one(&progs, f, &devices).unwrap();
+    }
+    let fit = (EVENTS_BYTES as usize / (8 + std::mem::size_of::<Event>())) as u64;
+    let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).unwrap()).unwrap();
+    let mut read = 0u64;
+    echo_agent::events::drain(&mut ring, |_| read += 1);
+    let dropped = counters::per_cpu_sum(&progs.ebpf, MAP_EVENT_DROPS, 0).unwrap();
+    assert_eq!((read, dropped), (fit, SEGMENTS as u64 - fit));
+    let snap = counters::read(&progs.ebpf).unwrap();
+    let (_, s) = snap.dests.iter().find(|(k, _)| k.proto == 6).expect("the flow's destination");
+    assert_eq!((s.tls_app_bytes, s.tls_app_records, s.unsynced_bytes), ((SEGMENTS * PAYLOAD) as u64, SEGMENTS as u64, 0));
+}
