@@ -14,7 +14,7 @@
 //! windows included; outside windows it is counted as muted rather than outside_interaction.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::VecDeque,
     net::IpAddr,
     time::Duration,
 };
@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::Clock,
-    frames::{top_of, Upload},
+    frames::{DestSums, Upload},
     heartbeats::{HeartbeatParams, Heartbeats},
     markers::Role,
+    names::Groups,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,6 +57,14 @@ pub struct Interaction {
     pub duration: f64,
     pub top_destination: Option<IpAddr>,
     pub top_destination_upload_bytes: u64,
+    /// The top destination's name (SNI or DNS) when known.
+    #[serde(default)]
+    pub top_destination_name: Option<String>,
+    /// The group (`--group`) that received the most upload, and how much.
+    #[serde(default)]
+    pub top_group: Option<String>,
+    #[serde(default)]
+    pub top_group_upload_bytes: u64,
     pub upload_bytes: u64,
     pub download_bytes: u64,
     pub upload_records: u64,
@@ -109,7 +118,7 @@ struct Episode {
 /// hours (a long upload) holds one entry per destination, not one per event.
 struct Open {
     start: u64,
-    by_dest: BTreeMap<IpAddr, u64>,
+    sums: DestSums,
     upload_bytes: u64,
     upload_records: u64,
     download_bytes: u64,
@@ -149,6 +158,7 @@ impl MuteLog {
 /// One device's windows and upload classes.
 pub struct Tracker {
     params: Params,
+    groups: Groups,
     clock: Clock,
     device: String,
     /// Uploads not (yet) part of a window, within the activation window: (event, records).
@@ -166,9 +176,10 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(device: &str, params: Params, clock: Clock) -> Self {
+    pub fn new(device: &str, params: Params, groups: &Groups, clock: Clock) -> Self {
         Tracker {
             params,
+            groups: groups.clone(),
             clock,
             device: device.to_string(),
             recent: VecDeque::new(),
@@ -227,7 +238,7 @@ impl Tracker {
         if total >= self.params.activation_bytes {
             self.open = Some(Open {
                 start: self.recent.front().map_or(u.ts_ns, |(first, _)| first.ts_ns),
-                by_dest: BTreeMap::new(),
+                sums: DestSums::default(),
                 upload_bytes: 0,
                 upload_records: 0,
                 download_bytes: 0,
@@ -275,7 +286,7 @@ impl Tracker {
         }
         let o = self.open.as_mut().expect("a window is open");
         o.muted |= muted;
-        *o.by_dest.entry(u.dest).or_default() += u.bytes;
+        o.sums.add(&u);
         o.upload_bytes += u.bytes;
         o.upload_records += records;
         o.last_upload = u.ts_ns;
@@ -319,14 +330,17 @@ impl Tracker {
     fn close(&mut self) {
         let Some(o) = self.open.take() else { return };
         let start = o.start;
-        let (top, top_bytes) = top_of(o.by_dest);
+        let top = o.sums.top(&self.groups);
         self.done.push(Interaction {
             device: self.device.clone(),
             start: self.clock.secs(start),
             end: self.clock.secs(o.last_upload),
             duration: (o.last_upload - start) as f64 / 1e9,
-            top_destination: top,
-            top_destination_upload_bytes: top_bytes,
+            top_destination: top.destination,
+            top_destination_upload_bytes: top.destination_bytes,
+            top_destination_name: None,
+            top_group: top.group,
+            top_group_upload_bytes: top.group_bytes,
             upload_bytes: o.upload_bytes,
             download_bytes: o.download_bytes,
             upload_records: o.upload_records,
@@ -344,11 +358,11 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn up(ms: u64, bytes: u64) -> Upload {
-        Upload { ts_ns: ms * MS, dest: "10.0.0.1".parse().unwrap(), bytes }
+        Upload { ts_ns: ms * MS, dest: "10.0.0.1".parse().unwrap(), bytes, group: crate::names::NO_GROUP }
     }
 
     fn tracker() -> Tracker {
-        Tracker::new("echo", Params::default(), Clock::Capture)
+        Tracker::new("echo", Params::default(), &Groups::default(), Clock::Capture)
     }
 
     #[test]

@@ -1,17 +1,20 @@
 //! From events to answers. Per device: activation windows (interactions), heartbeats and
-//! unexpected upload (see `activation`), and marker-framed trials (see `frames`). The live
-//! agent and replay feed one `Session` the same events, so they agree by construction.
+//! unexpected upload (see `activation`), marker-framed trials (see `frames`), and the names
+//! of destinations (see `names`). The live agent and replay feed one `Session` the same
+//! events and snippets, so they agree by construction.
 
 use std::collections::BTreeMap;
 
-use echo_common::{Event, DIR_UPLOAD, EVENT_APP_DATA, EVENT_MARKER};
+use echo_common::{Event, Snippet, DIR_UPLOAD, EVENT_APP_DATA, EVENT_MARKER};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     activation::{Interaction, Params, Reason, Tracker, Unexpected},
     clock::Clock,
+    events::Item,
     frames::{Frame, FrameCutter, Upload},
     markers::{MarkerSpec, Role},
+    names::{self, Groups, NameTable, NO_GROUP},
     replay::addr_ip,
 };
 
@@ -23,6 +26,8 @@ pub struct Config {
     /// Arm names assigned to frames in rotation.
     pub arms: Vec<String>,
     pub params: Params,
+    /// Destination groups by name suffix (`--group`).
+    pub groups: Groups,
     /// Spans (epoch seconds) the microphone was muted, for every device: replay's stand-in
     /// for the live API's mute switch.
     pub muted: Vec<(f64, f64)>,
@@ -52,6 +57,7 @@ pub struct Session {
     devices: BTreeMap<u8, DeviceState>,
     /// Epoch seconds of the latest ping per marker role.
     pub marker_last: BTreeMap<Role, f64>,
+    pub names: NameTable,
     records: Vec<Record>,
 }
 
@@ -63,13 +69,13 @@ impl Session {
             .map(|(i, name, next_frame)| {
                 let state = DeviceState {
                     name: name.clone(),
-                    tracker: Tracker::new(name, config.params, clock),
-                    cutter: FrameCutter::new(name, &config.arms, clock, *next_frame),
+                    tracker: Tracker::new(name, config.params, &config.groups, clock),
+                    cutter: FrameCutter::new(name, &config.arms, &config.groups, clock, *next_frame),
                 };
                 (*i, state)
             })
             .collect();
-        let mut s = Session { config, clock, devices, marker_last: BTreeMap::new(), records: Vec::new() };
+        let mut s = Session { config, clock, devices, marker_last: BTreeMap::new(), names: NameTable::default(), records: Vec::new() };
         let to_ns = |t: f64| (t.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
         let mut switches: Vec<(u64, bool)> = s.config.muted.iter().flat_map(|&(a, b)| [(to_ns(a), true), (to_ns(b), false)]).collect();
         switches.sort();
@@ -79,20 +85,43 @@ impl Session {
         s
     }
 
+    pub fn item(&mut self, item: &Item) {
+        match item {
+            Item::Event(e) => self.event(e),
+            Item::Snippet(s) => self.snippet(s),
+        }
+    }
+
+    /// Names the snippet teaches, for its device.
+    pub fn snippet(&mut self, s: &Snippet) {
+        if !self.devices.contains_key(&s.device) {
+            return;
+        }
+        for l in names::learn(s) {
+            self.names.learn(s.device, l, s.ts_ns);
+        }
+    }
+
     pub fn event(&mut self, e: &Event) {
         match e.kind {
             EVENT_MARKER => {
                 let Some(role) = self.config.markers.get(e.marker as usize).map(|m| m.role) else { return };
                 self.marker_last.insert(role, self.clock.secs(e.ts_ns));
-                for d in self.devices.values_mut() {
+                for (&i, d) in self.devices.iter_mut() {
                     d.tracker.marker(e.ts_ns, role);
-                    self.records.extend(d.cutter.marker(e.ts_ns, role).map(Record::Frame));
+                    if let Some(mut f) = d.cutter.marker(e.ts_ns, role) {
+                        f.top_destination_name = name_of(&self.names, i, f.top_destination);
+                        self.records.push(Record::Frame(f));
+                    }
                 }
             }
             EVENT_APP_DATA => {
                 let Some(d) = self.devices.get_mut(&e.device) else { return };
+                let dest = addr_ip(&e.addr, e.family);
+                self.names.touch(e.device, dest, e.ts_ns);
                 if e.direction == DIR_UPLOAD {
-                    let u = Upload { ts_ns: e.ts_ns, dest: addr_ip(&e.addr, e.family), bytes: e.bytes as u64 };
+                    let group = self.names.get(e.device, &dest).map_or(NO_GROUP, |n| self.config.groups.of(&n.name));
+                    let u = Upload { ts_ns: e.ts_ns, dest, bytes: e.bytes as u64, group };
                     d.tracker.upload(u, e.records as u64);
                     d.cutter.upload(&u);
                 } else {
@@ -106,6 +135,7 @@ impl Session {
     /// Advances every device's time to `now_ns` (windows close without traffic).
     pub fn tick(&mut self, now_ns: u64) {
         self.devices.values_mut().for_each(|d| d.tracker.tick(now_ns));
+        self.names.sweep(now_ns);
     }
 
     /// Sets a device's microphone state from `now_ns` on, and records the switch; false for
@@ -134,8 +164,11 @@ impl Session {
     /// Results since the last call, in the order they were completed per kind.
     pub fn take(&mut self) -> Vec<Record> {
         let mut out = std::mem::take(&mut self.records);
-        for d in self.devices.values_mut() {
-            out.extend(d.tracker.done.drain(..).map(Record::Interaction));
+        for (&i, d) in self.devices.iter_mut() {
+            for mut x in d.tracker.done.drain(..) {
+                x.top_destination_name = name_of(&self.names, i, x.top_destination);
+                out.push(Record::Interaction(x));
+            }
             out.extend(d.tracker.unexpected.drain(..).map(Record::Unexpected));
         }
         out
@@ -148,6 +181,11 @@ impl Session {
     pub fn device(&self, index: u8) -> Option<&DeviceState> {
         self.devices.get(&index)
     }
+}
+
+/// The name of a window's or frame's top destination, as known when it closed.
+fn name_of(names: &NameTable, device: u8, ip: Option<std::net::IpAddr>) -> Option<String> {
+    names.get(device, &ip?).map(|e| e.name.clone())
 }
 
 impl DeviceState {

@@ -52,7 +52,8 @@ pub enum Command {
     },
 }
 
-/// Activation-window parameters (see `activation`).
+/// Analysis parameters shared by `run` and `replay`: activation windows (see `activation`)
+/// and destination groups (see `names`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ActivationArgs {
     /// App-data upload bytes within --activation-window that open an interaction.
@@ -72,6 +73,11 @@ pub struct ActivationArgs {
     /// unexpected upload.
     #[arg(long, default_value_t = 10.0)]
     pub heartbeat_min_interval: f64,
+    /// Destinations whose name (SNI or DNS) is SUFFIX or ends in .SUFFIX form GROUP, so the
+    /// top destination of interactions and frames follows a service across its addresses,
+    /// e.g. amazon.com=alexa. Repeat for several; the longest suffix wins.
+    #[arg(long = "group", value_name = "SUFFIX=GROUP", value_parser = crate::names::parse_group)]
+    pub groups: Vec<(String, String)>,
 }
 
 impl ActivationArgs {
@@ -86,6 +92,10 @@ impl ActivationArgs {
                 min_interval: d(self.heartbeat_min_interval),
             },
         }
+    }
+
+    pub fn groups(&self) -> crate::names::Groups {
+        crate::names::Groups::new(self.groups.clone())
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use echo_common::{
-    CLASS_NAMES, DIR_DOWNLOAD, DIR_UPLOAD, MAP_EVENT_DROPS, MAP_MARKER_PINGS,
+    CLASS_NAMES, DIR_DOWNLOAD, DIR_UPLOAD, MAP_EVENT_DROPS, MAP_MARKER_PINGS, MAP_SNIPPET_DROPS,
 };
 use prometheus::{
     core::{Collector, Desc},
@@ -77,6 +77,7 @@ const METRICS: &[(&str, &str, Kind, &[&str])] = &[
     ("echo_map_entries", "Live entries of the programs' LRU maps.", Kind::Gauge, &["map"]),
     ("echo_map_evictions_total", "Entries pushed out of the programs' LRU maps.", Kind::Counter, &["map"]),
     ("echo_events_dropped_total", "Events the ring buffer had no room for (counters stay exact).", Kind::Counter, &[]),
+    ("echo_snippets_dropped_total", "ClientHello and DNS snippets the ring buffer had no room for (names may be missing).", Kind::Counter, &[]),
     ("echo_bpf_run_seconds_total", "Time the kernel spent in the program (kernel BPF statistics).", Kind::Counter, &["program"]),
     ("echo_bpf_runs_total", "Runs of the program (kernel BPF statistics).", Kind::Counter, &["program"]),
     ("echo_build_info", "The agent's version.", Kind::Gauge, &["version"]),
@@ -84,7 +85,7 @@ const METRICS: &[(&str, &str, Kind, &[&str])] = &[
 
 /// Reads the maps at scrape time.
 pub struct MapCollector {
-    maps: MapSet,
+    maps: Arc<MapSet>,
     /// (device index, label), in flag order.
     devices: Vec<(u32, String)>,
     markers: Vec<MarkerSpec>,
@@ -97,7 +98,7 @@ pub struct MapCollector {
 }
 
 impl MapCollector {
-    pub fn new(maps: MapSet, devices: Vec<(u32, String)>, markers: Vec<MarkerSpec>, health: Arc<Health>, max_destinations: usize) -> Self {
+    pub fn new(maps: Arc<MapSet>, devices: Vec<(u32, String)>, markers: Vec<MarkerSpec>, health: Arc<Health>, max_destinations: usize) -> Self {
         let descs = METRICS.iter().flat_map(|m| vec_for(m).desc().into_iter().cloned().collect::<Vec<_>>()).collect();
         MapCollector { maps, devices, markers, health, max_destinations, named: Mutex::new(HashMap::new()), descs }
     }
@@ -217,10 +218,11 @@ impl MapCollector {
         rows.add("echo_map_entries", &["destinations"], snap.dests.len() as f64);
         rows.add("echo_map_evictions_total", &["flows"], snap.flow_evictions() as f64);
         rows.add("echo_map_evictions_total", &["destinations"], snap.dest_evictions() as f64);
-        rows.add("echo_events_dropped_total", &[], per_cpu_sum(&self.maps, MAP_EVENT_DROPS, 0).unwrap_or(0) as f64);
+        rows.add("echo_events_dropped_total", &[], per_cpu_sum(&*self.maps, MAP_EVENT_DROPS, 0).unwrap_or(0) as f64);
+        rows.add("echo_snippets_dropped_total", &[], per_cpu_sum(&*self.maps, MAP_SNIPPET_DROPS, 0).unwrap_or(0) as f64);
         let mut pings: BTreeMap<&str, u64> = BTreeMap::new();
         for (slot, m) in self.markers.iter().enumerate() {
-            *pings.entry(m.role.name()).or_default() += per_cpu_sum(&self.maps, MAP_MARKER_PINGS, slot as u32).unwrap_or(0);
+            *pings.entry(m.role.name()).or_default() += per_cpu_sum(&*self.maps, MAP_MARKER_PINGS, slot as u32).unwrap_or(0);
         }
         for (role, n) in pings {
             rows.add("echo_marker_pings_total", &[role], n as f64);
@@ -250,7 +252,7 @@ impl Collector for MapCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut rows = Rows::default();
-        match counters::read(&self.maps) {
+        match counters::read(&*self.maps) {
             Ok(snap) => {
                 self.device_rows(&snap, &mut rows);
                 self.health_rows(&snap, &mut rows);

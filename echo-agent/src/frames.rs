@@ -7,7 +7,11 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{clock::Clock, markers::Role};
+use crate::{
+    clock::Clock,
+    markers::Role,
+    names::{Groups, NO_GROUP},
+};
 
 /// One app-data upload event of a device (see `echo_common::Event`), times in nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -15,9 +19,48 @@ pub struct Upload {
     pub ts_ns: u64,
     pub dest: IpAddr,
     pub bytes: u64,
+    /// The destination's group (`--group`) when the upload happened, or `NO_GROUP`.
+    pub group: u16,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Uploads summed per destination and per destination group, to find the top of a window
+/// or a frame. One entry per destination, not per upload.
+#[derive(Default, Debug)]
+pub struct DestSums {
+    by_dest: BTreeMap<IpAddr, u64>,
+    by_group: BTreeMap<u16, u64>,
+}
+
+/// The top destination and the top group of a window or frame (ties: the lower address, the
+/// earlier `--group`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Top {
+    pub destination: Option<IpAddr>,
+    pub destination_bytes: u64,
+    pub group: Option<String>,
+    pub group_bytes: u64,
+}
+
+impl DestSums {
+    pub fn add(&mut self, u: &Upload) {
+        *self.by_dest.entry(u.dest).or_default() += u.bytes;
+        if u.group != NO_GROUP {
+            *self.by_group.entry(u.group).or_default() += u.bytes;
+        }
+    }
+
+    pub fn top(&self, groups: &Groups) -> Top {
+        let (destination, destination_bytes) = max_entry(&self.by_dest);
+        let (group, group_bytes) = max_entry(&self.by_group);
+        Top { destination, destination_bytes, group: group.and_then(|g| groups.name(g)).map(str::to_string), group_bytes }
+    }
+}
+
+fn max_entry<K: Copy>(m: &BTreeMap<K, u64>) -> (Option<K>, u64) {
+    m.iter().fold((None, 0), |best, (k, &b)| if b > best.1 || best.0.is_none() { (Some(*k), b) } else { best })
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
     pub device: String,
     /// The device's frames are numbered from 0 (across restarts of the live agent).
@@ -27,7 +70,16 @@ pub struct Frame {
     pub start: f64,
     pub end: f64,
     pub top_destination: Option<IpAddr>,
+    /// Upload to the top destination: the frame's value.
     pub upload_bytes: u64,
+    /// The top destination's name (SNI or DNS) when known.
+    #[serde(default)]
+    pub top_destination_name: Option<String>,
+    /// The group (`--group`) that received the most upload, and how much.
+    #[serde(default)]
+    pub top_group: Option<String>,
+    #[serde(default)]
+    pub top_group_upload_bytes: u64,
 }
 
 /// Cuts one device's uploads into frames as events arrive, in time order: a frame opens at
@@ -39,30 +91,31 @@ pub struct FrameCutter {
     arms: Vec<String>,
     clock: Clock,
     next_index: usize,
-    open: Option<(u64, BTreeMap<IpAddr, u64>)>,
+    groups: Groups,
+    open: Option<(u64, DestSums)>,
 }
 
 impl FrameCutter {
-    pub fn new(device: &str, arms: &[String], clock: Clock, next_index: usize) -> Self {
-        FrameCutter { device: device.to_string(), arms: arms.to_vec(), clock, next_index, open: None }
+    pub fn new(device: &str, arms: &[String], groups: &Groups, clock: Clock, next_index: usize) -> Self {
+        FrameCutter { device: device.to_string(), arms: arms.to_vec(), clock, next_index, groups: groups.clone(), open: None }
     }
 
     pub fn upload(&mut self, u: &Upload) {
-        if let Some((start, by_dest)) = &mut self.open {
+        if let Some((start, sums)) = &mut self.open {
             if u.ts_ns >= *start {
-                *by_dest.entry(u.dest).or_default() += u.bytes;
+                sums.add(u);
             }
         }
     }
 
     pub fn marker(&mut self, ts_ns: u64, role: Role) -> Option<Frame> {
         match role {
-            Role::CommandStart => self.open = Some((ts_ns, BTreeMap::new())),
+            Role::CommandStart => self.open = Some((ts_ns, DestSums::default())),
             Role::ResponseStart => {
-                let (start, by_dest) = self.open.take()?;
+                let (start, sums) = self.open.take()?;
                 let index = self.next_index;
                 self.next_index += 1;
-                let (top, bytes) = top_of(by_dest);
+                let top = sums.top(&self.groups);
                 let arm = if self.arms.is_empty() { "all".to_string() } else { self.arms[index % self.arms.len()].clone() };
                 return Some(Frame {
                     device: self.device.clone(),
@@ -70,19 +123,17 @@ impl FrameCutter {
                     arm,
                     start: self.clock.secs(start),
                     end: self.clock.secs(ts_ns),
-                    top_destination: top,
-                    upload_bytes: bytes,
+                    top_destination: top.destination,
+                    upload_bytes: top.destination_bytes,
+                    top_destination_name: None,
+                    top_group: top.group,
+                    top_group_upload_bytes: top.group_bytes,
                 });
             }
             Role::CommandEnd | Role::ResponseEnd => {}
         }
         None
     }
-}
-
-/// The destination with the most bytes and its bytes (ties: the lower address).
-pub fn top_of(by_dest: BTreeMap<IpAddr, u64>) -> (Option<IpAddr>, u64) {
-    by_dest.into_iter().fold((None, 0), |best, (ip, b)| if b > best.1 || best.0.is_none() { (Some(ip), b) } else { best })
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -182,8 +233,10 @@ mod tests {
     #[test]
     fn frames_take_the_top_destination_and_rotate_arms() {
         let s = 1_000_000_000u64;
-        let up = |t: u64, d: &str, b: u64| Upload { ts_ns: t, dest: ip(d), bytes: b };
-        let mut c = FrameCutter::new("echo", &["I_1".into(), "I_2".into()], Clock::Capture, 0);
+        // 10.0.0.1 and 10.0.0.2 are named in the group "alexa"; 10.0.0.3 in none.
+        let up = |t: u64, d: &str, b: u64| Upload { ts_ns: t, dest: ip(d), bytes: b, group: if d == "10.0.0.3" { NO_GROUP } else { 0 } };
+        let groups = Groups::new(vec![("amazon.com".into(), "alexa".into())]);
+        let mut c = FrameCutter::new("echo", &["I_1".into(), "I_2".into()], &groups, Clock::Capture, 0);
         let mut f = Vec::new();
         let mut marker = |c: &mut FrameCutter, t: u64, r: Role| f.extend(c.marker(t, r));
         c.upload(&up(s / 2, "10.0.0.1", 999)); // before the frame
@@ -204,12 +257,14 @@ mod tests {
         assert_eq!(f.len(), 2);
         assert_eq!((f[0].arm.as_str(), f[0].top_destination, f[0].upload_bytes), ("I_1", Some(ip("10.0.0.1")), 45_000));
         assert_eq!((f[0].index, f[0].start, f[0].end), (0, 1.0, 4.0));
+        assert_eq!((f[0].top_group.as_deref(), f[0].top_group_upload_bytes), (Some("alexa"), 85_000));
         assert_eq!((f[1].arm.as_str(), f[1].top_destination, f[1].upload_bytes), ("I_2", Some(ip("10.0.0.1")), 44_900));
+        assert_eq!((f[1].top_group.as_deref(), f[1].top_group_upload_bytes), (Some("alexa"), 44_900));
     }
 
     #[test]
     fn arm_summary() {
-        let mk = |arm: &str, b: u64| Frame { device: String::new(), index: 0, arm: arm.into(), start: 0.0, end: 0.0, top_destination: None, upload_bytes: b };
+        let mk = |arm: &str, b: u64| Frame { device: String::new(), index: 0, arm: arm.into(), start: 0.0, end: 0.0, top_destination: None, upload_bytes: b, ..Frame::default() };
         let f: Vec<Frame> = [40_000, 42_000, 44_000, 46_000, 200_000].iter().map(|&b| mk("a", b)).collect();
         let s = &arm_stats(&f)[0];
         assert_eq!((s.n, s.kept), (5, 4));

@@ -16,6 +16,7 @@ pub mod heartbeats;
 pub mod live;
 pub mod loader;
 pub mod markers;
+pub mod names;
 pub mod netlink;
 pub mod pins;
 pub mod replay;

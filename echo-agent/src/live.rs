@@ -3,12 +3,12 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    sync::{Mutex, MutexGuard},
+    net::IpAddr,
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use anyhow::Result;
-use echo_common::Event;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, GaugeVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 use tiny_http::Method;
@@ -18,7 +18,12 @@ use crate::{
     analysis::{Config, Record, Session},
     api::Api,
     clock::{monotonic_ns, Clock},
+    counters,
+    events::Item,
     frames::{arm_stats, Frame},
+    loader::MapSet,
+    names::Source,
+    replay::key_ip,
     store::{Loaded, Store},
 };
 
@@ -48,6 +53,7 @@ struct Metrics {
     marker_last: GaugeVec,
     background: IntCounterVec,
     unexpected: IntCounterVec,
+    destination_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -81,6 +87,13 @@ impl Metrics {
                 Opts::new("echo_unexpected_upload_bytes_total", "App-data upload above the heartbeat pattern while muted or outside any interaction."),
                 &["device", "reason"],
             )?,
+            destination_info: IntGaugeVec::new(
+                Opts::new(
+                    "echo_destination_info",
+                    "1 for each destination address with a known name (source: sni or dns); join on device and destination.",
+                ),
+                &["device", "destination", "name", "source"],
+            )?,
         };
         registry.register(Box::new(m.interactions.clone()))?;
         registry.register(Box::new(m.interaction_upload.clone()))?;
@@ -94,6 +107,7 @@ impl Metrics {
         registry.register(Box::new(m.marker_last.clone()))?;
         registry.register(Box::new(m.background.clone()))?;
         registry.register(Box::new(m.unexpected.clone()))?;
+        registry.register(Box::new(m.destination_info.clone()))?;
         Ok(m)
     }
 
@@ -148,16 +162,20 @@ struct State {
     store: Store,
     history: History,
     store_failed: bool,
+    /// `NameTable::version` last exported as `echo_destination_info`.
+    names_exported: u64,
 }
 
 pub struct Live {
     state: Mutex<State>,
     metrics: Metrics,
+    /// The programs' counter maps, for `/api/destinations` (absent in tests of the API alone).
+    counters: Option<Arc<MapSet>>,
 }
 
 impl Live {
     /// `devices`: (index in the programs, name). `loaded` is the log as it was at start.
-    pub fn new(registry: &Registry, config: Config, devices: &[(u32, String)], store: Store, loaded: Loaded) -> Result<Self> {
+    pub fn new(registry: &Registry, config: Config, devices: &[(u32, String)], store: Store, loaded: Loaded, counters: Option<Arc<MapSet>>) -> Result<Self> {
         let metrics = Metrics::new(registry)?;
         let mut history = History::default();
         loaded.records.iter().for_each(|r| history.add(r));
@@ -187,18 +205,20 @@ impl Live {
                 metrics.last(i);
             }
         }
-        Ok(Live { state: Mutex::new(State { session, store, history, store_failed: false }), metrics })
+        let state = State { session, store, history, store_failed: false, names_exported: u64::MAX };
+        Ok(Live { state: Mutex::new(state), metrics, counters })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The event reader's sink: an event, or `None` when the ring buffer has been drained.
-    pub fn on_event(&self, ev: Option<Event>) {
+    /// The event reader's sink: an event or snippet, or `None` when the ring buffers have
+    /// been drained.
+    pub fn on_item(&self, item: Option<Item>) {
         let mut st = self.state();
-        match ev {
-            Some(e) => st.session.event(&e),
+        match item {
+            Some(i) => st.session.item(&i),
             None => {
                 st.session.tick(monotonic_ns().saturating_sub(TICK_LAG.as_nanos() as u64));
                 self.publish(&mut st);
@@ -241,6 +261,41 @@ impl Live {
         for (role, t) in &st.session.marker_last {
             self.metrics.marker_last.with_label_values(&[role.name()]).set(*t);
         }
+        if st.names_exported != st.session.names.version {
+            st.names_exported = st.session.names.version;
+            let info = &self.metrics.destination_info;
+            info.reset();
+            for (device, ip, e) in st.session.names.iter() {
+                if let Some(d) = st.session.device(device) {
+                    info.with_label_values(&[d.name.as_str(), &ip.to_string(), &e.name, e.source.name()]).set(1);
+                }
+            }
+        }
+    }
+
+    /// Every destination of every device with its name and TLS app-data bytes: addresses in
+    /// the counter maps, and named addresses that carried no app data yet.
+    fn destinations(&self, st: &State) -> Result<Vec<DestinationView>, String> {
+        type Views = BTreeMap<(String, IpAddr), DestinationView>;
+        fn view<'a>(out: &'a mut Views, device: &str, ip: IpAddr) -> &'a mut DestinationView {
+            out.entry((device.to_string(), ip)).or_insert_with(|| DestinationView { device: device.to_string(), ip, name: None, source: None, upload_tls_bytes: 0, download_tls_bytes: 0 })
+        }
+        let mut out = Views::new();
+        if let Some(maps) = &self.counters {
+            let snap = counters::read(&**maps).map_err(|e| format!("reading the counter maps: {e}"))?;
+            for (k, s) in &snap.dests {
+                let Some(d) = st.session.device(k.device) else { continue };
+                let v = view(&mut out, &d.name, key_ip(k));
+                *(if k.direction == echo_common::DIR_UPLOAD { &mut v.upload_tls_bytes } else { &mut v.download_tls_bytes }) += s.tls_app_bytes;
+            }
+        }
+        for (device, ip, e) in st.session.names.iter() {
+            let Some(d) = st.session.device(device) else { continue };
+            let v = view(&mut out, &d.name, *ip);
+            v.name = Some(e.name.clone());
+            v.source = Some(e.source);
+        }
+        Ok(out.into_values().collect())
     }
 }
 
@@ -270,6 +325,16 @@ fn since(query: &str) -> Result<f64, String> {
         }
     }
     Ok(0.0)
+}
+
+#[derive(Serialize)]
+struct DestinationView {
+    device: String,
+    ip: IpAddr,
+    name: Option<String>,
+    source: Option<Source>,
+    upload_tls_bytes: u64,
+    download_tls_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -313,6 +378,10 @@ impl Api for Live {
                     })
                     .collect::<Vec<_>>(),
             ),
+            (Method::Get, "/api/destinations") => match self.destinations(&st) {
+                Ok(v) => json(200, &v),
+                Err(e) => error(500, &e),
+            },
             (Method::Post, p) if p.starts_with("/api/devices/") && p.ends_with("/muted") => {
                 let name = percent_decode(&p["/api/devices/".len()..p.len() - "/muted".len()]);
                 let name = name.as_str();
@@ -332,7 +401,7 @@ impl Api for Live {
     }
 
     fn endpoints(&self) -> Vec<&'static str> {
-        vec!["/api/interactions", "/api/frames", "/api/arms", "/api/unexpected", "/api/markers", "/api/devices"]
+        vec!["/api/interactions", "/api/frames", "/api/arms", "/api/unexpected", "/api/markers", "/api/devices", "/api/destinations"]
     }
 }
 

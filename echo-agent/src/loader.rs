@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use aya::{
-    maps::{Array, HashMap, Map, MapError},
+    maps::{Array, HashMap, Map, MapError, RingBuf},
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
 use echo_common::{
     mac_filter_bit, mac_key, DeviceInfo, MarkerInfo, MarkerKey, MAP_CLOCK, MAP_DEVICES,
-    MAP_DEVICE_FILTER, MAP_MARKERS, MAP_MARKERS_ON, MAX_DEVICES, MAX_MARKERS,
+    MAP_DEVICE_FILTER, MAP_EVENTS, MAP_MARKERS, MAP_MARKERS_ON, MAP_SNIPPETS, MAX_DEVICES, MAX_MARKERS,
 };
 use thiserror::Error;
 
@@ -229,6 +229,15 @@ impl Programs {
     /// Takes the named maps out of the object (for a thread that reads them on its own).
     pub fn take_maps(&mut self, names: &[&str]) -> MapSet {
         MapSet(names.iter().filter_map(|&n| self.ebpf.take_map(n).map(|m| (n.to_string(), m))).collect())
+    }
+
+    /// Takes both ring buffers out of the object, for the one reader that drains them.
+    pub fn rings(&mut self) -> Result<crate::events::Rings, LoadError> {
+        let mut ring = |name: &'static str| {
+            let map = self.ebpf.take_map(name).ok_or(LoadError::Map(name, MapError::InvalidName { name: name.to_string() }))?;
+            RingBuf::try_from(map).map_err(|e| LoadError::Map(name, e))
+        };
+        Ok(crate::events::Rings { events: ring(MAP_EVENTS)?, snippets: ring(MAP_SNIPPETS)? })
     }
 
     /// Instructions the verifier processed when loading the XDP program.

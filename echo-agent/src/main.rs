@@ -40,7 +40,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Replay { pcap, devices, format, markers, arms, muted, activation } => {
             let muted = muted.iter().map(|s| (s.from, s.to)).collect();
-            let analysis = echo_agent::analysis::Config { markers, arms, params: activation.params(), muted };
+            let analysis = echo_agent::analysis::Config { markers, arms, params: activation.params(), groups: activation.groups(), muted };
             let report = replay::replay(&pcap, &devices, &analysis)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string(&report)?),

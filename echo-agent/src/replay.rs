@@ -4,11 +4,8 @@
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use anyhow::{Context as _, Result};
-use aya::{
-    maps::RingBuf,
-    programs::{TestRun, TestRunOptions},
-};
-use echo_common::{DestKey, DestStats, Event, CLASS_NAMES, MAP_EVENTS, DIR_DOWNLOAD, DIR_UPLOAD, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use aya::programs::{TestRun, TestRunOptions};
+use echo_common::{DestKey, DestStats, CLASS_NAMES, DIR_DOWNLOAD, DIR_UPLOAD, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 use serde::Serialize;
 
 use crate::{
@@ -18,10 +15,11 @@ use crate::{
     clock::Clock,
     counters,
     device::Mac,
-    events,
+    events::{self, Item},
     frames::{self, ArmStats, Frame},
     gso,
     loader::Programs,
+    names::{NameTable, Source},
 };
 
 /// Smallest frame XDP test_run accepts (an Ethernet header); shorter ones are counted apart.
@@ -59,6 +57,9 @@ pub struct Destination {
     pub ip: IpAddr,
     pub port: u16,
     pub protocol: String,
+    /// The address's name (SNI or DNS) at the end of the capture, and where it came from.
+    pub name: Option<String>,
+    pub name_source: Option<Source>,
     pub upload: Counts,
     pub download: Counts,
 }
@@ -123,13 +124,15 @@ pub fn protocol_name(proto: u8) -> String {
 }
 
 /// Destinations of `device`, both directions merged per (address, port, protocol).
-fn destinations(snap: &counters::Snapshot, device: u32) -> Vec<Destination> {
+fn destinations(snap: &counters::Snapshot, names: &NameTable, device: u32) -> Vec<Destination> {
     let mut out: BTreeMap<(IpAddr, u16, u8), Destination> = BTreeMap::new();
     for (k, s) in snap.dests.iter().filter(|(k, _)| k.device as u32 == device) {
         let d = out.entry((key_ip(k), k.port, k.proto)).or_insert_with(|| Destination {
             ip: key_ip(k),
             port: k.port,
             protocol: protocol_name(k.proto),
+            name: names.get(device as u8, &key_ip(k)).map(|e| e.name.clone()),
+            name_source: names.get(device as u8, &key_ip(k)).map(|e| e.source),
             upload: Counts::default(),
             download: Counts::default(),
         });
@@ -141,9 +144,9 @@ fn destinations(snap: &counters::Snapshot, device: u32) -> Vec<Destination> {
 /// Runs every frame (cut into wire segments, see `gso`) through the program that sees it
 /// live: XDP for frames from a device (and any other frame arriving on the interface), TC
 /// egress for frames to a device.
-/// Returns the frame count, the count of frames too short to run, and the programs' events.
-pub fn run_frames(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result<(u64, u64, Vec<Event>)> {
-    let mut ring = RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).context("the object defines EVENTS")?)?;
+/// Returns the frame count, the count of frames too short to run, and what the programs sent.
+pub fn run_frames(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result<(u64, u64, Vec<Item>)> {
+    let mut rings = progs.rings()?;
     let mut events = Vec::new();
     let mut short = 0u64;
     let mut failure: Option<anyhow::Error> = None;
@@ -169,8 +172,8 @@ pub fn run_frames(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result<
                 if let Err(e) = run_one(progs, seg, devices) {
                     failure = Some(e);
                 }
-                // Drained after every run, so the ring buffer never fills in replay.
-                events::drain(&mut ring, |ev| events.push(ev));
+                // Drained after every run, so the ring buffers never fill in replay.
+                events::drain_all(&mut rings, |item| events.push(item));
             }
         });
     })?;
@@ -214,11 +217,11 @@ pub fn run_one(progs: &Programs, frame: &[u8], devices: &[Mac]) -> Result<u32> {
 }
 
 /// Builds the replay document from the maps and the events.
-pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64, events: &[Event], config: &Config) -> Result<Report> {
+pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64, items: &[Item], config: &Config) -> Result<Report> {
     let snap = counters::read(&progs.ebpf)?;
     let names: Vec<(u8, String, usize)> = devices.iter().enumerate().map(|(i, mac)| (i as u8, mac.to_string(), 0)).collect();
     let mut session = Session::new(config.clone(), Clock::Capture, &names);
-    events.iter().for_each(|e| session.event(e));
+    items.iter().for_each(|i| session.item(i));
     session.finish();
     let records = session.take();
     let devices = devices
@@ -232,7 +235,7 @@ pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64,
                 .map(|(name, dir)| (name, CLASS_NAMES.iter().copied().zip(snap.classes_of(i as u32, dir)).collect()))
                 .collect();
             let mut report = DeviceReport {
-                destinations: destinations(&snap, i as u32),
+                destinations: destinations(&snap, &session.names, i as u32),
                 classes,
                 interactions: Vec::new(),
                 background_upload_bytes: state.tracker.background_bytes,
@@ -275,14 +278,15 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(s, "device {}", d.mac);
         let _ = writeln!(
             s,
-            "  {:<40} {:>5} {:>12} {:>8} {:>12} {:>8} {:>10} {:>10} {:>10}",
-            "destination", "proto", "upload_tls", "records", "download_tls", "records", "handshake", "retransmit", "unsynced"
+            "  {:<40} {:<30} {:>5} {:>12} {:>8} {:>12} {:>8} {:>10} {:>10} {:>10}",
+            "destination", "name", "proto", "upload_tls", "records", "download_tls", "records", "handshake", "retransmit", "unsynced"
         );
         for x in &d.destinations {
             let _ = writeln!(
                 s,
-                "  {:<40} {:>5} {:>12} {:>8} {:>12} {:>8} {:>10} {:>10} {:>10}",
+                "  {:<40} {:<30} {:>5} {:>12} {:>8} {:>12} {:>8} {:>10} {:>10} {:>10}",
                 format!("{}:{}", x.ip, x.port),
+                x.name.as_deref().unwrap_or("-"),
                 x.protocol,
                 x.upload.tls_app_bytes,
                 x.upload.tls_records,
@@ -300,6 +304,12 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(s, "  interactions: {}", d.interactions.len());
         for i in &d.interactions {
             let top = i.top_destination.map_or("-".to_string(), |ip| ip.to_string());
+            let top = match (&i.top_destination_name, &i.top_group) {
+                (Some(n), Some(g)) => format!("{top} {n} [{g}: {} B]", i.top_group_upload_bytes),
+                (Some(n), None) => format!("{top} {n}"),
+                (None, Some(g)) => format!("{top} [{g}: {} B]", i.top_group_upload_bytes),
+                (None, None) => top,
+            };
             let muted = if i.muted { "  while muted" } else { "" };
             let _ = writeln!(
                 s,

@@ -13,10 +13,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::RingBuf;
 use echo_common::{
-    MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_EVENTS, MAP_EVENT_DROPS, MAP_FLOWS, MAP_INSERTS,
-    MAP_MARKER_PINGS,
+    MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_EVENT_DROPS, MAP_FLOWS, MAP_INSERTS,
+    MAP_MARKER_PINGS, MAP_SNIPPET_DROPS,
 };
 use prometheus::Registry;
 use thiserror::Error;
@@ -95,16 +94,22 @@ pub fn run(args: RunArgs) -> Result<()> {
     let health = Arc::new(Health::new(&args.iface, program_ids, args.bpf_stats));
     let mut links = Some(attach_logged(&mut progs, &args, &dir, &health)?);
 
-    let ring = RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).context("the object defines EVENTS")?)?;
-    let maps = progs.take_maps(&[MAP_DEST_STATS, MAP_CLASS_COUNTERS, MAP_INSERTS, MAP_FLOWS, MAP_EVENT_DROPS, MAP_MARKER_PINGS]);
+    let rings = progs.rings()?;
+    let maps = Arc::new(progs.take_maps(&[MAP_DEST_STATS, MAP_CLASS_COUNTERS, MAP_INSERTS, MAP_FLOWS, MAP_EVENT_DROPS, MAP_SNIPPET_DROPS, MAP_MARKER_PINGS]));
     let devices: Vec<(u32, String)> = indices.iter().zip(&args.devices).map(|(i, d)| (*i, d.name.clone())).collect();
     let registry = Registry::new();
-    registry.register(Box::new(MapCollector::new(maps, devices.clone(), args.markers.clone(), health.clone(), args.max_destinations)))?;
+    registry.register(Box::new(MapCollector::new(maps.clone(), devices.clone(), args.markers.clone(), health.clone(), args.max_destinations)))?;
     registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-    let config = analysis::Config { markers: args.markers.clone(), arms: args.arms.clone(), params: args.activation.params(), muted: Vec::new() };
-    let live = Arc::new(Live::new(&registry, config, &devices, store, loaded)?);
+    let config = analysis::Config {
+        markers: args.markers.clone(),
+        arms: args.arms.clone(),
+        params: args.activation.params(),
+        groups: args.activation.groups(),
+        muted: Vec::new(),
+    };
+    let live = Arc::new(Live::new(&registry, config, &devices, store, loaded, Some(maps))?);
     let sink = live.clone();
-    events::spawn(ring, move |ev| sink.on_event(ev)).context("starting the event reader")?;
+    events::spawn(rings, move |item| sink.on_item(item)).context("starting the event reader")?;
     Web { registry, telemetry_path: args.telemetry_path.clone(), api: Some(live.clone()) }
         .spawn(listener)
         .context("starting the HTTP listener")?;

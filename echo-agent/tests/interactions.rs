@@ -25,6 +25,7 @@ use echo_agent::{
     device::Mac,
     frames::{ArmStats, Frame},
     markers::MarkerSpec,
+    names::{parse_group, Groups, Source},
     replay,
 };
 use serde_json::Value;
@@ -71,6 +72,9 @@ fn assert_interactions(name: &str, found: &[Interaction], truth: &[CommandTruth]
         assert!((f.start - t.start).abs() < 0.1 && (f.end - t.end).abs() < 0.1, "{name}: interaction {i} times {f:?} vs {t:?}");
         assert_eq!(f.top_destination, Some(server_v4(0)), "{name}: interaction {i}");
         assert_eq!(f.top_destination_upload_bytes, t.upload_bytes);
+        // Named by its SNI; the whole upload went to the group --group amazon.com=alexa.
+        let top = (f.top_destination_name.as_deref(), f.top_group.as_deref(), f.top_group_upload_bytes);
+        assert_eq!(top, (Some(echo_sim::ECHO_HOST), Some("alexa"), t.upload_bytes), "{name}: interaction {i}");
     }
 }
 
@@ -131,6 +135,8 @@ fn assert_frames(name: &str, frames: &[Frame], arms: &[ArmStats], pcap: &Path, t
         assert_eq!((f.index, f.arm.as_str()), (i, ARMS[i % 2]), "{name}: frame {i}");
         assert_eq!((f.top_destination, f.upload_bytes), (Some(*ip), *bytes), "{name}: frame {i} vs tshark");
         assert_eq!(f.upload_bytes, framed[i].upload_bytes, "{name}: frame {i} vs the simulator");
+        let top = (f.top_destination_name.as_deref(), f.top_group.as_deref(), f.top_group_upload_bytes);
+        assert_eq!(top, (Some(echo_sim::ECHO_HOST), Some("alexa"), f.upload_bytes), "{name}: frame {i}");
         // The live clock and the capture's stamp the same packet microseconds apart.
         assert!((f.start - start).abs() < 0.01 && (f.end - end).abs() < 0.01, "{name}: frame {i} times {f:?} vs ({start}, {end})");
     }
@@ -181,6 +187,7 @@ fn household_interactions_frames_and_flags() {
     let m = agent.scrape().unwrap();
     let dev = [("device", DEVICE)];
     let muted_bytes = truth.commands.iter().filter(|c| c.muted).map(|c| c.upload_bytes).sum::<u64>() as f64;
+    let cloud_ip = server_v4(0).to_string();
     let expect = [
         ("echo_interactions_total", &dev[..], truth.commands.len() as f64),
         ("echo_interaction_upload_bytes_count", &dev[..], truth.commands.len() as f64),
@@ -196,6 +203,8 @@ fn household_interactions_frames_and_flags() {
         ("echo_frame_upload_bytes_sum", &[][..], frames.iter().map(|f| f.upload_bytes).sum::<u64>() as f64),
         ("echo_marker_pings_total", &[("role", "command_start")][..], 8.0),
         ("echo_events_dropped_total", &[][..], 0.0),
+        ("echo_snippets_dropped_total", &[][..], 0.0),
+        ("echo_destination_info", &[("device", DEVICE), ("destination", cloud_ip.as_str()), ("name", echo_sim::ECHO_HOST), ("source", "sni")][..], 1.0),
     ];
     for (name, labels, want) in expect {
         assert_eq!(m.value(name, labels), want, "metric {name}{labels:?}");
@@ -220,6 +229,7 @@ fn household_interactions_frames_and_flags() {
             heartbeat: echo_agent::heartbeats::HeartbeatParams { min_interval: Duration::from_secs(1), ..Default::default() },
             ..Default::default()
         },
+        groups: Groups::new(vec![parse_group(echo_sim::GROUP).unwrap()]),
         muted: truth.mutes.chunks(2).map(|s| (s[0].0, s[1].0)).collect(),
     };
     assert_eq!(truth.mutes.iter().map(|m| m.1).collect::<Vec<_>>(), vec![true, false]);
@@ -230,6 +240,8 @@ fn household_interactions_frames_and_flags() {
     assert_frames("replay", &d.frames, &d.arms, &pcap, &truth);
     assert_eq!(d.background_upload_bytes, truth.heartbeat_bytes + truth.protocol_bytes);
     assert_eq!(d.unexpected_upload_bytes["muted"] as f64, muted_bytes);
+    let cloud = d.destinations.iter().find(|x| x.ip == server_v4(0)).expect("the cloud");
+    assert_eq!((cloud.name.as_deref(), cloud.name_source), (Some(echo_sim::ECHO_HOST), Some(Source::Sni)));
 
     // The log: 0600, one line per record; a restarted agent serves the same history.
     let log = state.join(echo_agent::store::LOG_FILE);

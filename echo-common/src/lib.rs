@@ -6,10 +6,12 @@
 
 pub mod events;
 pub mod maps;
+pub mod snippets;
 pub mod tls;
 
 pub use events::*;
 pub use maps::*;
+pub use snippets::*;
 
 /// Direction of a packet relative to the monitored device.
 pub const DIR_UPLOAD: u8 = 0;

@@ -8,6 +8,9 @@ pub const CT_ALERT: u8 = 21;
 pub const CT_HANDSHAKE: u8 = 22;
 pub const CT_APPLICATION_DATA: u8 = 23;
 
+/// Handshake message type of a ClientHello (RFC 8446 §4), the byte after the record header.
+pub const HS_CLIENT_HELLO: u8 = 1;
+
 /// Record-layer versions we accept: TLS 1.0 (0x0301) to 1.3's 0x0304. TLS 1.3 writes 0x0303
 /// on the wire, and ClientHellos often 0x0301.
 pub const MIN_VERSION: u16 = 0x0301;

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use echo_common::{
     mac_filter_bit, mac_key, ClassCounters, DestKey, DestStats, Event, FlowKey, FlowState,
-    PacketClass, DIRECTIONS, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA, INSERTS_DEST_STATS,
-    INSERTS_FLOWS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    PacketClass, DIRECTIONS, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
+    FLOW_STREAM_START, INSERTS_DEST_STATS, INSERTS_FLOWS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -17,7 +17,8 @@ use crate::{
         MAP_INSERTS, SCRATCH,
     },
     markers,
-    parse::{ethernet, ipv4, ipv6, tcp, Packet, L3},
+    parse::{ethernet, ipv4, ipv6, tcp, udp, Packet, L3},
+    snippets,
     tls_records::{self, Segment, Tally},
 };
 
@@ -91,10 +92,13 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
             account_tcp(pkt, l3, &seg, &key)
         }
         PROTO_UDP => {
-            let Some((sport, dport)) = tcp::udp_ports(pkt, l3.l4_off) else { return PacketClass::Other };
-            key.port = if upload { dport } else { sport };
+            let Some(u) = udp::parse(pkt, l3.l4_off) else { return PacketClass::Other };
+            key.port = if upload { u.dport } else { u.sport };
             touch(&key, pkt.len());
-            if sport == DNS_PORT || dport == DNS_PORT { PacketClass::Dns } else { PacketClass::Other }
+            if direction == DIR_DOWNLOAD && u.sport == DNS_PORT && u.payload_off < l3.l3_end {
+                snippets::dns(pkt, &key, u.payload_off, (l3.l3_end - u.payload_off) as u32);
+            }
+            if u.sport == DNS_PORT || u.dport == DNS_PORT { PacketClass::Dns } else { PacketClass::Other }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             touch(&key, pkt.len());
@@ -137,6 +141,10 @@ fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey) -> Pa
     // Payload after a SYN (TCP Fast Open) starts one past the ISN.
     let seq = if seg.flags & tcp::SYN != 0 { seg.seq.wrapping_add(1) } else { seg.seq };
     let Some(flow) = flow_state(&fkey, seq) else { return PacketClass::OtherTcp };
+    if key.direction == DIR_UPLOAD && flow.flags & FLOW_STREAM_START != 0 && seq == flow.main.next_hdr && seq == flow.seq_high {
+        // The first bytes of a TLS stream the device opens: its ClientHello names the server.
+        snippets::client_hello(pkt, key, seg.payload_off, seg.payload_len);
+    }
     let (app_bytes, app_records) = (stats.tls_app_bytes, stats.tls_app_records);
     let mut t = Tally { stats, new_app: false, new_handshake: false, retransmitted: 0 };
     let s = Segment { seq, len: seg.payload_len, payload_off: seg.payload_off };

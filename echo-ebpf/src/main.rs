@@ -6,6 +6,7 @@ mod accounting;
 mod maps;
 mod markers;
 mod parse;
+mod snippets;
 mod tls_records;
 
 use aya_ebpf::{

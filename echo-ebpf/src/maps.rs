@@ -7,7 +7,7 @@ use aya_ebpf::{
 use echo_common::{
     ClassCounters, DestKey, DestStats, DeviceInfo, FlowKey, FlowState, MarkerInfo, MarkerKey,
     DIRECTIONS, DEST_STATS_ENTRIES, EVENTS_BYTES, FLOW_TABLE_ENTRIES, INSERTS_SLOTS, MAX_DEVICES,
-    MAX_MARKERS,
+    MAX_MARKERS, SNIPPETS_BYTES,
 };
 
 /// Monitored devices. Key: `mac_key(MAC)`; value: the device's dense index.
@@ -88,3 +88,16 @@ pub static MARKERS_ON: Array<u32> = Array::with_max_entries(1, 0);
 /// Written by the programs; read and summed by user space. Bounded by `MAX_MARKERS`.
 #[map]
 pub static MARKER_PINGS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_MARKERS, 0);
+
+/// Snippets to user space (`echo_common::Snippet`): the first segment of each TLS stream a
+/// device opens with a ClientHello, and DNS responses to devices, for naming destinations.
+/// Written by the programs (a ring buffer of its own, so that a burst of names never crowds
+/// out byte events and the reverse); drained by the agent with `EVENTS`. Bounded by
+/// `SNIPPETS_BYTES`; a full buffer drops the snippet and counts it in `SNIPPET_DROPS`.
+#[map]
+pub static SNIPPETS: RingBuf = RingBuf::with_byte_size(SNIPPETS_BYTES, 0);
+
+/// Snippets that did not fit in `SNIPPETS`, index 0, per CPU. Written by the programs; read
+/// and summed by user space.
+#[map]
+pub static SNIPPET_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

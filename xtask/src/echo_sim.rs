@@ -1,5 +1,7 @@
 //! The simulated Echo, shared by the tests and the demo: a real TLS 1.3 client (rustls) in
-//! the device namespace on one long-lived connection to a simulated cloud, following a plan
+//! the device namespace that resolves its cloud's name (`ECHO_HOST`, a CNAME, through the
+//! topology's DNS server) and holds one long-lived connection to it, with that name as SNI,
+//! following a plan
 //! of heartbeats, voice commands, a trickle upload and a muted upload, with the controller's
 //! marker pings around each framed command. It records the ground truth of what it sent.
 //!
@@ -23,9 +25,29 @@ use anyhow::{bail, Context as _, Result};
 use rustls::pki_types::ServerName;
 
 use crate::{
+    dns::{self, dns_addr, DnsServer, Rr},
     netns::{marker_v4, spawn_in, Topology},
-    tls::{client_config, provider_with, TlsServer, Version, SERVER_NAME},
+    tls::{client_config, provider_with, TlsServer, Version},
 };
+
+/// The cloud endpoint as the device knows it: a name it resolves, then connects to with that
+/// name as SNI (real Echos talk to avs-alexa-*-na.amazon.com). Resolved only by the
+/// topology's own DNS server.
+pub const ECHO_HOST: &str = "avs-alexa-12-na.amazon.com";
+/// The name `ECHO_HOST` is a CNAME for, which holds the address.
+pub const ECHO_CNAME: &str = "pitangui.amazon.com";
+/// The `--group` flag value that gathers the Echo's cloud.
+pub const GROUP: &str = "amazon.com=alexa";
+/// TTL of the zone's records, seconds.
+pub const ZONE_TTL: u32 = 60;
+
+/// The DNS zone naming the cloud at `ip`.
+pub fn zone(ip: std::net::IpAddr) -> Vec<Rr> {
+    vec![
+        Rr::Cname { name: ECHO_HOST.into(), target: ECHO_CNAME.into(), ttl: ZONE_TTL },
+        Rr::Addr { name: ECHO_CNAME.into(), ip, ttl: ZONE_TTL },
+    ]
+}
 
 /// TLS 1.3 with AES-128-GCM: the inner content-type byte and the 16-byte tag.
 pub const RECORD_OVERHEAD: u64 = 17;
@@ -61,7 +83,8 @@ pub const ARMS: [&str; 2] = ["I_1", "I_2"];
 /// real (every 3 s and 9.1 s).
 pub fn agent_flags(state: &std::path::Path) -> Vec<String> {
     let mac = crate::packets::DEVICE_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let mut f: Vec<String> = ["--device", &format!("{mac}={DEVICE_NAME}"), "--state-dir", &state.display().to_string(), "--arms", &ARMS.join(","), "--heartbeat-min-interval", "1"]
+    let mut f: Vec<String> =
+        ["--device", &format!("{mac}={DEVICE_NAME}"), "--state-dir", &state.display().to_string(), "--arms", &ARMS.join(","), "--heartbeat-min-interval", "1", "--group", GROUP]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -175,13 +198,15 @@ impl Hooks {
 
 /// The simulated cloud: accepts the Echo's connection and answers commands. Stops when
 /// dropped.
+/// The simulated cloud at `addr`, and the DNS server that names it.
 pub struct Cloud {
     _server: TlsServer,
+    _dns: DnsServer,
 }
 
 impl Cloud {
     pub fn start(topo: &Topology, addr: SocketAddr) -> Result<Self> {
-        Ok(Cloud { _server: TlsServer::with(topo, vec![addr], answer)? })
+        Ok(Cloud { _server: TlsServer::with(topo, vec![addr], answer)?, _dns: DnsServer::start(topo, dns_addr(), zone(addr.ip()))? })
     }
 }
 
@@ -259,7 +284,11 @@ pub fn run(topo: &Topology, server: SocketAddr, plan: Plan, mut hooks: Hooks) ->
     spawn_in(&topo.device_ns, move || -> Result<Truth> {
         let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
         let config = client_config(Version::Tls13, provider_with(suite))?;
-        let conn = rustls::ClientConnection::new(config, ServerName::try_from(SERVER_NAME)?)?;
+        let resolved = dns::resolve(dns_addr(), ECHO_HOST, server.is_ipv4())?;
+        if !resolved.contains(&server.ip()) {
+            bail!("{ECHO_HOST} resolved to {resolved:?}, not {}", server.ip());
+        }
+        let conn = rustls::ClientConnection::new(config, ServerName::try_from(ECHO_HOST)?)?;
         let sock = TcpStream::connect_timeout(&server, Duration::from_secs(5)).with_context(|| format!("connect {server}"))?;
         sock.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut tls = rustls::StreamOwned::new(conn, sock);

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod capture;
 pub mod demo;
+pub mod dns;
 pub mod echo_sim;
 pub mod http;
 pub mod netns;

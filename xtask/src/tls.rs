@@ -184,8 +184,25 @@ impl ServerCertVerifier for AcceptAny {
 /// `write_all` and flush each, so each becomes its own records), sends close_notify and reads
 /// the response. Returns the response length.
 pub fn rustls_upload(topo: &Topology, addr: SocketAddr, version: Version, writes: Vec<usize>, pause: Duration) -> Result<thread::JoinHandle<Result<usize>>> {
+    rustls_upload_as(topo, addr, Some(SERVER_NAME), version, writes, pause)
+}
+
+/// `rustls_upload` with the server name sent as SNI, or none (the name is then the address,
+/// which rustls never sends).
+pub fn rustls_upload_as(
+    topo: &Topology,
+    addr: SocketAddr,
+    sni: Option<&str>,
+    version: Version,
+    writes: Vec<usize>,
+    pause: Duration,
+) -> Result<thread::JoinHandle<Result<usize>>> {
+    let name: ServerName<'static> = match sni {
+        Some(n) => ServerName::try_from(n.to_string())?,
+        None => ServerName::IpAddress(addr.ip().into()),
+    };
     spawn_in(&topo.device_ns, move || -> Result<usize> {
-        let conn = rustls::ClientConnection::new(client_config(version, provider())?, ServerName::try_from(SERVER_NAME)?)?;
+        let conn = rustls::ClientConnection::new(client_config(version, provider())?, name)?;
         let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connect {addr}"))?;
         sock.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut tls = rustls::StreamOwned::new(conn, sock);
@@ -212,6 +229,11 @@ pub fn rustls_upload(topo: &Topology, addr: SocketAddr, version: Version, writes
 /// Uploads `bytes` bytes from the device namespace with `openssl s_client`, which sends
 /// what it reads from standard input and closes the connection at its end.
 pub fn openssl_upload(topo: &Topology, addr: SocketAddr, version: Version, bytes: usize) -> Result<()> {
+    openssl_upload_as(topo, addr, Some(SERVER_NAME), version, bytes)
+}
+
+/// `openssl_upload` with the server name sent as SNI, or none (`-noservername`).
+pub fn openssl_upload_as(topo: &Topology, addr: SocketAddr, sni: Option<&str>, version: Version, bytes: usize) -> Result<()> {
     let input = std::env::temp_dir().join(format!("echo-openssl-{}-{}.bin", topo.id, addr.port() as usize + bytes));
     std::fs::write(&input, (0..bytes).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>())?;
     let flag = match version {
@@ -220,7 +242,11 @@ pub fn openssl_upload(topo: &Topology, addr: SocketAddr, version: Version, bytes
     };
     let out = topo
         .cmd(&topo.device_ns, "openssl")
-        .args(["s_client", "-connect", &addr.to_string(), flag, "-servername", SERVER_NAME, "-nocommands", "-no_ign_eof"])
+        .args(["s_client", "-connect", &addr.to_string(), flag, "-nocommands", "-no_ign_eof"])
+        .args(match sni {
+            Some(n) => vec!["-servername", n],
+            None => vec!["-noservername"],
+        })
         .stdin(std::fs::File::open(&input)?)
         .output()
         .context("running openssl s_client")?;

@@ -142,3 +142,33 @@ fn collect<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
         _ => {}
     }
 }
+
+/// Names Wireshark finds for the addresses `mac` talks to: the server_name of each ClientHello
+/// it sent (by destination address), and the question of each DNS response it received for
+/// every A/AAAA address in the response.
+pub fn names(pcap: &Path, mac: &str) -> Result<(BTreeMap<IpAddr, String>, BTreeMap<IpAddr, String>)> {
+    let fields = |filter: &str, fields: &[&str]| -> Result<Vec<Vec<String>>> {
+        let mut c = Command::new("tshark");
+        c.args(["-r"]).arg(pcap).args(["-Y", filter, "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,"]);
+        for f in fields {
+            c.args(["-e", f]);
+        }
+        let out = c.output().context("running tshark")?;
+        if !out.status.success() {
+            bail!("tshark: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.lines().map(|l| l.split('\t').map(str::to_string).collect()).collect())
+    };
+    let mut sni = BTreeMap::new();
+    for row in fields(&format!("eth.src == {mac} && tls.handshake.extensions_server_name"), &["ip.dst", "ipv6.dst", "tls.handshake.extensions_server_name"])? {
+        let ip = if row[0].is_empty() { &row[1] } else { &row[0] };
+        sni.insert(ip.parse()?, row[2].clone());
+    }
+    let mut dns = BTreeMap::new();
+    for row in fields(&format!("eth.dst == {mac} && dns.flags.response == 1"), &["dns.qry.name", "dns.a", "dns.aaaa"])? {
+        for ip in row[1..].iter().flat_map(|l| l.split(',')).filter(|s| !s.is_empty()) {
+            dns.insert(ip.parse()?, row[0].clone());
+        }
+    }
+    Ok((sni, dns))
+}

@@ -7,6 +7,7 @@ pub mod ethernet;
 pub mod ipv4;
 pub mod ipv6;
 pub mod tcp;
+pub mod udp;
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
@@ -21,7 +22,12 @@ pub trait Packet: Copy {
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
     /// Copies `buf.len()` bytes at `off` into `buf` (a small stack buffer, so the offset can be
     /// a variable without pointer arithmetic the verifier has to follow).
-    fn load(&self, off: usize, buf: &mut [u8]) -> bool;
+    fn load(&self, off: usize, buf: &mut [u8]) -> bool {
+        self.load_into(off, buf.as_mut_ptr(), buf.len() as u32)
+    }
+    /// Copies `len` bytes at `off` to `dst`, which must have room for them (`len` must be
+    /// bounded where the verifier can see it).
+    fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool;
     /// Length of the whole packet in bytes.
     fn len(&self) -> usize;
 }
@@ -59,17 +65,10 @@ impl Packet for XdpPacket {
     }
 
     #[inline(always)]
-    fn load(&self, off: usize, buf: &mut [u8]) -> bool {
-        // SAFETY: the helper checks the offset and length against the packet.
-        let ret = unsafe {
-            bpf_xdp_load_bytes(
-                self.ctx,
-                off as u32,
-                buf.as_mut_ptr() as *mut _,
-                buf.len() as u32,
-            )
-        };
-        ret == 0
+    fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the helper checks the offset and length against the packet; the caller
+        // vouches for `dst`.
+        unsafe { bpf_xdp_load_bytes(self.ctx, off as u32, dst as *mut _, len) == 0 }
     }
 
     #[inline(always)]
@@ -104,17 +103,9 @@ impl Packet for TcPacket {
     }
 
     #[inline(always)]
-    fn load(&self, off: usize, buf: &mut [u8]) -> bool {
-        // SAFETY: as in `read`.
-        let ret = unsafe {
-            bpf_skb_load_bytes(
-                self.skb as *const c_void,
-                off as u32,
-                buf.as_mut_ptr() as *mut c_void,
-                buf.len() as u32,
-            )
-        };
-        ret == 0
+    fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: as in `read`; the caller vouches for `dst`.
+        unsafe { bpf_skb_load_bytes(self.skb as *const c_void, off as u32, dst as *mut c_void, len) == 0 }
     }
 
     #[inline(always)]

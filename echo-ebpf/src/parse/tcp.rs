@@ -34,10 +34,3 @@ pub fn parse<P: Packet>(pkt: &P, off: usize, l3_end: usize) -> Option<Tcp> {
         payload_len: (l3_end - payload_off) as u32,
     })
 }
-
-/// Source and destination port of a UDP header.
-#[inline(always)]
-pub fn udp_ports<P: Packet>(pkt: &P, off: usize) -> Option<(u16, u16)> {
-    let h: [u8; 4] = pkt.read(off)?;
-    Some((u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]])))
-}
