@@ -360,6 +360,40 @@ mod tests {
         assert!(dns_answers(&bytes[..bytes.len() - 3]).is_empty());
     }
 
+    /// Mutated and cut ClientHellos and DNS responses: the parsers never panic, and whatever
+    /// name they return is a clean one.
+    #[test]
+    fn parsers_survive_mutated_input() {
+        let mut p = simple_dns::Packet::new_reply(1);
+        let cname = simple_dns::rdata::CNAME(simple_dns::Name::new_unchecked("b.example"));
+        p.answers.push(simple_dns::ResourceRecord::new(simple_dns::Name::new_unchecked("a.example"), simple_dns::CLASS::IN, 9, RData::CNAME(cname)));
+        let a = simple_dns::rdata::A { address: 1 };
+        p.answers.push(simple_dns::ResourceRecord::new(simple_dns::Name::new_unchecked("b.example"), simple_dns::CLASS::IN, 9, RData::A(a)));
+        let seeds = [client_hello("avs-alexa-12-na.amazon.com"), p.build_bytes_vec_compressed().unwrap()];
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut names = 0;
+        for i in 0..200_000u64 {
+            let mut v = seeds[(i % 2) as usize].clone();
+            for _ in 0..(1 + next() % 4) {
+                let at = (next() % v.len() as u64) as usize;
+                v[at] = next() as u8;
+            }
+            v.truncate(1 + (next() % v.len() as u64) as usize);
+            let found: Vec<String> = if i % 2 == 0 { sni(&v).into_iter().collect() } else { dns_answers(&v).into_iter().map(|l| l.name).collect() };
+            for n in found {
+                assert_eq!(clean_name(&n).as_deref(), Some(n.as_str()));
+                names += 1;
+            }
+        }
+        assert!(names > 0, "some mutations still parse");
+    }
+
     #[test]
     fn sni_wins_and_names_expire() {
         let s = 1_000_000_000u64;

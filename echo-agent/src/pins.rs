@@ -13,7 +13,8 @@ use std::{
 use aya::maps::MapInfo;
 use echo_common::{
     MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_DEVICES, MAP_DEVICE_FILTER, MAP_EVENTS, MAP_EVENT_DROPS,
-    MAP_FLOWS, MAP_INSERTS, MAP_MARKERS, MAP_MARKERS_ON, MAP_MARKER_PINGS,
+    MAP_FLOWS, MAP_INSERTS, MAP_MARKERS, MAP_MARKERS_ON, MAP_MARKER_PINGS, MAP_SNIPPETS,
+    MAP_SNIPPET_DROPS,
 };
 use thiserror::Error;
 
@@ -39,6 +40,8 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_MARKERS,
     MAP_MARKERS_ON,
     MAP_MARKER_PINGS,
+    MAP_SNIPPETS,
+    MAP_SNIPPET_DROPS,
 ];
 
 #[derive(Debug, Error)]
@@ -101,7 +104,7 @@ pub fn check_layout(dir: &Path, obj: &aya_obj::Object) -> Result<Vec<String>, Pi
         let found = MapInfo::from_pin(&path).map(|i| (i.key_size(), i.value_size(), i.max_entries()));
         let ok = match &found {
             // A ring buffer's size is rounded by the kernel to whole pages; compare keys only.
-            Ok(f) if name == MAP_EVENTS => f.0 == want.0 && f.1 == want.1,
+            Ok(f) if name == MAP_EVENTS || name == MAP_SNIPPETS => f.0 == want.0 && f.1 == want.1,
             Ok(f) => *f == want,
             Err(_) => false,
         };

@@ -120,3 +120,23 @@ pub fn tls_record(content_type: u8, len: usize) -> Vec<u8> {
 pub fn tls_stream(records: &[(u8, usize)]) -> Vec<u8> {
     records.iter().flat_map(|&(ct, len)| tls_record(ct, len)).collect()
 }
+
+/// A UDP datagram over IPv4 in an Ethernet frame (checksums zero: the programs never check).
+pub fn udp_v4(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
+    let (src_mac, dst_mac) = macs;
+    let mut f = Vec::with_capacity(42 + payload.len());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&((20 + 8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&ports.0.to_be_bytes());
+    f.extend_from_slice(&ports.1.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}

@@ -226,6 +226,14 @@ pub fn rustls_upload_as(
     })
 }
 
+/// The first bytes rustls sends on a TLS 1.3 connection to `sni`: its ClientHello record.
+pub fn client_hello(sni: &str) -> Result<Vec<u8>> {
+    let mut conn = rustls::ClientConnection::new(client_config(Version::Tls13, provider())?, ServerName::try_from(sni.to_string())?)?;
+    let mut out = Vec::new();
+    conn.write_tls(&mut out)?;
+    Ok(out)
+}
+
 /// Uploads `bytes` bytes from the device namespace with `openssl s_client`, which sends
 /// what it reads from standard input and closes the connection at its end.
 pub fn openssl_upload(topo: &Topology, addr: SocketAddr, version: Version, bytes: usize) -> Result<()> {
