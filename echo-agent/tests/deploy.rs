@@ -316,6 +316,12 @@ fn prometheus_evaluates_every_rule_and_panel_and_alerts_on_muted_upload() {
         let values = prom.api(&format!("/api/v1/label/{label}/values?match[]={}", urlencode(metric)));
         assert!(!values.as_array().unwrap().is_empty(), "variable {}: {q}", v["name"]);
     }
+    // The traffic panels name the Echo's cloud (its SNI) through echo_destination_info.
+    for title in ["Upload rate per destination", "Download rate per destination"] {
+        let (_, expr) = exprs.iter().find(|(what, _)| what.contains(title)).expect(title);
+        let series = prom.query(&grafana_expr(expr));
+        assert!(series.iter().any(|s| s["metric"]["name"] == echo_sim::ECHO_HOST), "{title}: {series:?}");
+    }
     eprintln!("prometheus: {recorded} recording rules and {} dashboard queries returned data", exprs.len());
     // The muted upload fires its alert, and nothing else fires.
     assert_eq!(prom.firing(), vec!["EchoUploadWhileMuted".to_string()]);

@@ -66,7 +66,7 @@ pub fn run(opts: Options) -> Result<()> {
     println!("echo-agent demo: a simulated household");
     println!("  device {mac} ({DEVICE}) in namespace {}, hotspot {} (interface {}), cloud {}", topo.device_ns, topo.hotspot_ns, topo.hotspot_lan_if, topo.cloud_ns);
     println!("  metrics  http://{listen}/metrics");
-    println!("  API      http://{listen}/api/interactions  /api/frames  /api/arms  /api/unexpected  /api/devices");
+    println!("  API      http://{listen}/api/interactions  /api/frames  /api/arms  /api/unexpected  /api/devices  /api/destinations");
     println!(
         "  plan: heartbeats (100 B every {:.1} s, 99 B every {:.1} s: 10x time-compressed), {} voice commands framed by marker pings over arms {}{}{}",
         echo_sim::HEARTBEATS[0].1 / house.compress,
@@ -139,12 +139,14 @@ impl Table {
             for r in rows.iter().skip(self.seen[k]) {
                 let line = match k {
                     0 => format!(
-                        "interaction  upload {:>7} B  download {:>7} B  {:>5.2} s  top {} ({} B){}",
+                        "interaction  upload {:>7} B  download {:>7} B  {:>5.2} s  top {} {} ({} B), group {}{}",
                         r["upload_bytes"],
                         r["download_bytes"],
                         r["duration"].as_f64().unwrap_or(0.0),
                         r["top_destination"].as_str().unwrap_or("-"),
+                        r["top_destination_name"].as_str().unwrap_or("(unnamed)"),
                         r["top_destination_upload_bytes"],
+                        r["top_group"].as_str().unwrap_or("-"),
                         if r["muted"].as_bool() == Some(true) { "  WHILE MUTED" } else { "" }
                     ),
                     1 => format!("frame #{:<3} arm {:<4} upload to top destination {:>7} B", r["index"], r["arm"].as_str().unwrap_or("?"), r["upload_bytes"]),
@@ -167,7 +169,14 @@ impl Table {
         }
         let m = agent.scrape()?;
         println!();
-        for name in ["echo_interactions_total", "echo_background_upload_bytes_total", "echo_unexpected_upload_bytes_total", "echo_upload_tls_bytes_total", "echo_events_dropped_total"] {
+        for name in [
+            "echo_interactions_total",
+            "echo_background_upload_bytes_total",
+            "echo_unexpected_upload_bytes_total",
+            "echo_upload_tls_bytes_total",
+            "echo_destination_info",
+            "echo_events_dropped_total",
+        ] {
             for (labels, v) in m.series(name).into_iter().filter(|(_, v)| *v > 0.0 || name == "echo_events_dropped_total") {
                 let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
                 println!("{name}{{{}}} {v}", l.join(","));
