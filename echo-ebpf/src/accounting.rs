@@ -22,9 +22,11 @@ use crate::{
     tls_records::{self, Segment, Tally},
 };
 
-/// Accounts one frame seen in `direction`. Never fails and never touches the frame.
+/// Accounts one frame, in the direction its hook sees (`Packet::DIRECTION`). Never fails and
+/// never touches the frame.
 #[inline(always)]
-pub fn account<P: Packet>(pkt: &P, direction: u8) {
+pub fn account<P: Packet>(pkt: &P) {
+    let direction = P::DIRECTION;
     let device = device_of(pkt, direction);
     let markers = markers::enabled();
     if device.is_none() && !markers {
@@ -95,7 +97,7 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
             let Some(u) = udp::parse(pkt, l3.l4_off) else { return PacketClass::Other };
             key.port = if upload { u.dport } else { u.sport };
             touch(&key, pkt.len());
-            if direction == DIR_DOWNLOAD && u.sport == DNS_PORT && u.payload_off < l3.l3_end {
+            if P::DIRECTION == DIR_DOWNLOAD && u.sport == DNS_PORT && u.payload_off < l3.l3_end {
                 snippets::dns(pkt, &key, u.payload_off, (l3.l3_end - u.payload_off) as u32);
             }
             if u.sport == DNS_PORT || u.dport == DNS_PORT { PacketClass::Dns } else { PacketClass::Other }
@@ -141,7 +143,7 @@ fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey) -> Pa
     // Payload after a SYN (TCP Fast Open) starts one past the ISN.
     let seq = if seg.flags & tcp::SYN != 0 { seg.seq.wrapping_add(1) } else { seg.seq };
     let Some(flow) = flow_state(&fkey, seq) else { return PacketClass::OtherTcp };
-    if key.direction == DIR_UPLOAD && flow.flags & FLOW_STREAM_START != 0 && seq == flow.main.next_hdr && seq == flow.seq_high {
+    if P::DIRECTION == DIR_UPLOAD && flow.flags & FLOW_STREAM_START != 0 && seq == flow.main.next_hdr && seq == flow.seq_high {
         // The first bytes of a TLS stream the device opens: its ClientHello names the server.
         snippets::client_hello(pkt, key, seg.payload_off, seg.payload_len);
     }
@@ -262,11 +264,20 @@ pub fn now_ns() -> u64 {
 /// scalars afterwards and verifies the record walker once, not once per parse path.
 #[inline(always)]
 fn launder(s: Segment) -> Segment {
-    let Some(p) = SCRATCH.get_ptr_mut(0) else { return s };
+    let [seq, len, payload_off] = forget([s.seq, s.len, s.payload_off as u32]);
+    Segment { seq, len, payload_off: payload_off as usize }
+}
+
+/// Returns `v` through a per-CPU scratch slot: the same values, but unknown scalars to the
+/// verifier, so the states of every parse path that reach the caller converge (are pruned)
+/// instead of each being verified through what follows.
+#[inline(always)]
+pub fn forget(v: [u32; 3]) -> [u32; 3] {
+    let Some(p) = SCRATCH.get_ptr_mut(0) else { return v };
     // SAFETY: per-CPU value, used by this CPU only; volatile so the round trip stays.
     unsafe {
-        core::ptr::write_volatile(p, [s.seq, s.len, s.payload_off as u32, 0]);
-        let v = core::ptr::read_volatile(p);
-        Segment { seq: v[0], len: v[1], payload_off: v[2] as usize }
+        core::ptr::write_volatile(p, [v[0], v[1], v[2], 0]);
+        let r = core::ptr::read_volatile(p);
+        [r[0], r[1], r[2]]
     }
 }

@@ -14,13 +14,12 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use echo_common::{DIR_DOWNLOAD, DIR_UPLOAD};
 
 /// Uploads: frames arriving on the hotspot interface from monitored devices.
 /// Always passes the frame on, untouched.
 #[xdp]
 pub fn echo_xdp(ctx: XdpContext) -> u32 {
-    accounting::account(&parse::XdpPacket { ctx: ctx.ctx }, DIR_UPLOAD);
+    accounting::account(&parse::XdpPacket { ctx: ctx.ctx });
     xdp_action::XDP_PASS
 }
 
@@ -29,7 +28,7 @@ pub fn echo_xdp(ctx: XdpContext) -> u32 {
 /// (TC_ACT_UNSPEC, TCX_NEXT), so the frame goes on to any later program and out unchanged.
 #[classifier]
 pub fn echo_tc(ctx: TcContext) -> i32 {
-    accounting::account(&parse::TcPacket { skb: ctx.skb.skb }, DIR_DOWNLOAD);
+    accounting::account(&parse::TcPacket { skb: ctx.skb.skb });
     TC_ACT_UNSPEC
 }
 

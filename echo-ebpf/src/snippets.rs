@@ -8,7 +8,7 @@ use echo_common::{
 };
 
 use crate::{
-    accounting::now_ns,
+    accounting::{forget, now_ns},
     maps::{SNIPPETS, SNIPPET_DROPS},
     parse::Packet,
 };
@@ -35,6 +35,10 @@ pub fn dns<P: Packet>(pkt: &P, key: &DestKey, off: usize, len: u32) {
 
 #[inline(always)]
 fn send<P: Packet>(pkt: &P, kind: u8, key: &DestKey, off: usize, len: u32) {
+    // Every parse path (VLAN tags, IP options, extension headers) arrives here with its own
+    // offsets; forgotten, they verify the copy once.
+    let [off, len, _] = forget([off as u32, len, 0]);
+    let off = off as usize;
     if len == 0 {
         return;
     }

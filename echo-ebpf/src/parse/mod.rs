@@ -18,6 +18,10 @@ use aya_ebpf::{
 /// Read access to a packet, implemented for XDP (direct access plus `bpf_xdp_load_bytes`) and
 /// TC (`bpf_skb_load_bytes`), so that parsers and the record walker are written once.
 pub trait Packet: Copy {
+    /// The direction every packet of this hook travels: `DIR_UPLOAD` at XDP (ingress from the
+    /// devices), `DIR_DOWNLOAD` at TC egress. A constant, so each program carries only its
+    /// direction's code.
+    const DIRECTION: u8;
     /// Reads a `T` at `off`, or `None` when it does not fit in the packet.
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
     /// Copies `buf.len()` bytes at `off` into `buf` (a small stack buffer, so the offset can be
@@ -53,6 +57,8 @@ impl XdpPacket {
 }
 
 impl Packet for XdpPacket {
+    const DIRECTION: u8 = echo_common::DIR_UPLOAD;
+
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Option<T> {
         let start = self.data();
@@ -85,6 +91,8 @@ pub struct TcPacket {
 }
 
 impl Packet for TcPacket {
+    const DIRECTION: u8 = echo_common::DIR_DOWNLOAD;
+
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Option<T> {
         let mut v = core::mem::MaybeUninit::<T>::uninit();
