@@ -1,6 +1,6 @@
 //! Reads pcap and pcapng captures of Ethernet frames (with the maintained `pcap-parser`).
 
-use std::{fs::File, path::Path};
+use std::{fs::File, io::Read, path::Path};
 
 use pcap_parser::{create_reader, traits::PcapNGPacketBlock, Block, Linktype, PcapBlockOwned, PcapError};
 use thiserror::Error;
@@ -22,10 +22,16 @@ const NS: u64 = 1_000_000_000;
 /// Calls `frame(capture_time_ns, bytes)` for every frame of `path`, in file order.
 /// Returns the number of frames. A capture cut short in its last record (a killed tcpdump)
 /// ends at the last complete frame, as tshark reads it.
-pub fn for_each_frame(path: &Path, mut frame: impl FnMut(u64, &[u8])) -> Result<u64, CaptureError> {
+pub fn for_each_frame(path: &Path, frame: impl FnMut(u64, &[u8])) -> Result<u64, CaptureError> {
     let name = path.display().to_string();
     let file = File::open(path).map_err(|e| CaptureError::Open(name.clone(), e))?;
-    let mut reader = create_reader(READ_BUFFER, file).map_err(|e| CaptureError::Format(name.clone(), format!("{e:?}")))?;
+    for_each_frame_in(&name, file, frame)
+}
+
+/// `for_each_frame` over any reader; `name` names it in errors.
+pub fn for_each_frame_in(name: &str, input: impl Read, mut frame: impl FnMut(u64, &[u8])) -> Result<u64, CaptureError> {
+    let name = name.to_string();
+    let mut reader = create_reader(READ_BUFFER, input).map_err(|e| CaptureError::Format(name.clone(), format!("{e:?}")))?;
     let mut legacy_nanos = false;
     // Per pcapng interface: (ticks per second, offset in seconds).
     let mut interfaces: Vec<(u64, i64)> = Vec::new();

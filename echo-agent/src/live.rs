@@ -352,6 +352,8 @@ impl Api for Live {
             Ok(s) => s,
             Err(e) => return error(400, &e),
         };
+        // POST /api/devices/{device}/muted
+        let mute_device = path.strip_prefix("/api/devices/").and_then(|d| d.strip_suffix("/muted"));
         let mut st = self.state();
         let h = &st.history;
         match (method, path) {
@@ -382,8 +384,8 @@ impl Api for Live {
                 Ok(v) => json(200, &v),
                 Err(e) => error(500, &e),
             },
-            (Method::Post, p) if p.starts_with("/api/devices/") && p.ends_with("/muted") => {
-                let name = percent_decode(&p["/api/devices/".len()..p.len() - "/muted".len()]);
+            (Method::Post, _) if mute_device.is_some() => {
+                let name = percent_decode(mute_device.unwrap_or_default());
                 let name = name.as_str();
                 let muted = match body.trim() {
                     "true" => true,
@@ -438,5 +440,21 @@ mod tests {
         assert!(since("since=NaN").is_err());
         assert_eq!(percent_decode("02%3Aec%3a40"), "02:ec:40");
         assert_eq!(percent_decode("echo%zz%4"), "echo%zz%4");
+    }
+
+    /// `POST /api/devices/muted` (prefix and suffix overlap) once panicked slicing the path;
+    /// found by the `api` fuzz target.
+    #[test]
+    fn overlapping_mute_path_is_a_404() {
+        let dir = std::env::temp_dir().join(format!("echo-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (store, loaded) = Store::open(&dir).unwrap();
+        let live = Live::new(&Registry::new(), Config::default(), &[(0, "echo".into())], store, loaded, None).unwrap();
+        assert_eq!(live.handle(&Method::Post, "/api/devices/muted", "", "true"), None, "not an endpoint");
+        for p in ["/api/devices//muted", "/api/devices/x/muted"] {
+            assert_eq!(live.handle(&Method::Post, p, "", "true").map(|r| r.0), Some(404), "{p}");
+        }
+        assert_eq!(live.handle(&Method::Post, "/api/devices/echo/muted", "", "true").map(|r| r.0), Some(200));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
+    io::{self, BufRead, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
@@ -30,6 +30,25 @@ pub struct Loaded {
     pub skipped: usize,
 }
 
+impl Loaded {
+    /// The records of a log; a line that is not a record (cut short, another version's, not
+    /// even UTF-8) is counted as skipped, never an error.
+    pub fn read(input: impl BufRead) -> io::Result<Loaded> {
+        let mut loaded = Loaded { records: Vec::new(), skipped: 0 };
+        for line in input.split(b'\n') {
+            let line = line?;
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            match serde_json::from_slice(&line) {
+                Ok(r) => loaded.records.push(r),
+                Err(_) => loaded.skipped += 1,
+            }
+        }
+        Ok(loaded)
+    }
+}
+
 impl Store {
     pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
         let path = dir.join(LOG_FILE);
@@ -37,17 +56,7 @@ impl Store {
         let mut file = OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(&path).map_err(err)?;
         // An older file may have been created with other permissions.
         file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-        let mut loaded = Loaded { records: Vec::new(), skipped: 0 };
-        for line in BufReader::new(&file).lines() {
-            let line = line.map_err(err)?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str(&line) {
-                Ok(r) => loaded.records.push(r),
-                Err(_) => loaded.skipped += 1,
-            }
-        }
+        let loaded = Loaded::read(BufReader::new(&file)).map_err(err)?;
         // A record cut short by a crash has no newline: end it, so the next one starts clean.
         let len = file.seek(SeekFrom::End(0)).map_err(err)?;
         if len > 0 {
@@ -85,14 +94,15 @@ mod tests {
             s.append(&rec(1.0)).unwrap();
         }
         // A crash in the middle of the second record.
-        std::fs::OpenOptions::new().append(true).open(dir.join(LOG_FILE)).unwrap().write_all(b"{\"type\":\"mu").unwrap();
+        // And bytes that are not even UTF-8 (a disk error), on a line of their own.
+        std::fs::OpenOptions::new().append(true).open(dir.join(LOG_FILE)).unwrap().write_all(b"\xff\xfe\n{\"type\":\"mu").unwrap();
         {
             let (mut s, loaded) = Store::open(&dir).unwrap();
-            assert_eq!((loaded.records, loaded.skipped), (vec![rec(1.0)], 1));
+            assert_eq!((loaded.records, loaded.skipped), (vec![rec(1.0)], 2));
             s.append(&rec(2.0)).unwrap();
         }
         let (_, loaded) = Store::open(&dir).unwrap();
-        assert_eq!((loaded.records, loaded.skipped), (vec![rec(1.0), rec(2.0)], 1));
+        assert_eq!((loaded.records, loaded.skipped), (vec![rec(1.0), rec(2.0)], 2));
         let mode = std::fs::metadata(dir.join(LOG_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();

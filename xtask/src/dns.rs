@@ -80,6 +80,13 @@ fn owner(rr: &Rr) -> &str {
     }
 }
 
+/// The wire bytes of the reply to an A question for `name` from `zone` (a fuzzing seed).
+pub fn reply_bytes(zone: &[Rr], name: &str) -> Option<Vec<u8>> {
+    let mut q = Packet::new_query(1);
+    q.questions.push(Question::new(Name::new(name).ok()?, QTYPE::TYPE(TYPE::A), QCLASS::CLASS(CLASS::IN), false));
+    answer(&q.build_bytes_vec().ok()?, zone)
+}
+
 /// The reply to `query`: the CNAME chain from the question's name, then the addresses of the
 /// asked type at its end.
 fn answer(query: &[u8], zone: &[Rr]) -> Option<Vec<u8>> {

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod demo;
 pub mod dns;
 pub mod echo_sim;
+pub mod fuzz;
 pub mod http;
 pub mod netns;
 pub mod packets;

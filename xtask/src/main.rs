@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | test | bench | demo`.
+//! `cargo xtask setup | build | test | fuzz | bench | demo`.
 
 use std::process::{Command, ExitCode};
 
@@ -21,7 +21,8 @@ enum Cmd {
     Setup,
     /// Build the eBPF programs and echo-agent (release).
     Build,
-    /// Run every test: unit, test_run fixtures, namespace integration and differential tests.
+    /// Run every test: unit, test_run fixtures, namespace integration and differential tests,
+    /// then each fuzz target for a few seconds (when no test filter is given).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true)]
@@ -33,6 +34,13 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz one target (see fuzz/) for longer than the test run does.
+    Fuzz {
+        /// sni, dns, capture, log, flags or api.
+        target: String,
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Run the simulated household: the agent live on a simulated hotspot, a simulated Echo.
     Demo {
         /// Seconds to run (default: until Ctrl-C).
@@ -42,6 +50,11 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9977")]
         listen: std::net::SocketAddr,
     },
+}
+
+/// The repository root (xtask lives one level below it).
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
 }
 
 /// `cargo` with what the eBPF build needs: RUSTC_BOOTSTRAP for -Z build-std on stable.
@@ -72,9 +85,18 @@ fn main() -> ExitCode {
             xtask::netns::remove_stale();
             let mut c = cargo();
             // echo-ebpf builds only for the BPF target (echo-agent's build script builds it).
+            let filtered = !args.is_empty();
             c.args(["test", "--workspace", "--exclude", "echo-ebpf", "--release", "--"]).args(args);
-            run_checked(&mut c)
+            run_checked(&mut c)?;
+            if !filtered {
+                let root = workspace_root();
+                for t in xtask::fuzz::TARGETS {
+                    xtask::fuzz::run(&root, t, xtask::fuzz::TEST_SECONDS)?;
+                }
+            }
+            Ok(())
         }),
+        Cmd::Fuzz { target, seconds } => setup::run().and_then(|()| xtask::fuzz::run(&workspace_root(), &target, seconds)),
         Cmd::Bench { quick } => setup::run().and_then(|()| require_root("cargo xtask bench")).and_then(|()| {
             xtask::netns::remove_stale();
             let mut c = cargo();

@@ -7,7 +7,8 @@ use anyhow::{bail, Context as _, Result};
 /// Debian packages: LLVM 22 for bpf-linker, tshark (ground truth), tcpdump (captures),
 /// iproute2 (namespaces), openssl (the second real TLS stack), ethtool, util-linux (nsenter,
 /// setpriv), prometheus (promtool checks the exposition format; deploy/ is verified against a
-/// real Prometheus), systemd (systemd-analyze verifies the unit).
+/// real Prometheus), systemd (systemd-analyze verifies the unit), g++ (libFuzzer, for the fuzz
+/// targets).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -20,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "prometheus",
     "systemd",
+    "g++",
 ];
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -66,6 +68,10 @@ fn install() -> Result<Vec<String>> {
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("PATH", path))?;
         done.push(format!("cargo installed bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"));
+    }
+    if output("cargo", &["fuzz", "--version"]).is_none() {
+        run_checked(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+        done.push("cargo installed cargo-fuzz".into());
     }
     Ok(done)
 }

@@ -1,0 +1,78 @@
+//! Fuzzing (cargo-fuzz, libFuzzer with AddressSanitizer) of every parser of untrusted input in
+//! user space; the targets live in `fuzz/`. Each run starts from seeds written here from the
+//! same helpers the tests use (a real rustls ClientHello, the simulated household's DNS
+//! answer, a capture of real frames, a log line, command lines, API requests), so libFuzzer
+//! mutates meaningful input from the first second.
+
+use std::{path::{Path, PathBuf}, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use crate::{dns, echo_sim, packets, tls};
+
+/// Every target, in `fuzz/Cargo.toml`.
+pub const TARGETS: &[&str] = &["sni", "dns", "capture", "log", "flags", "api"];
+
+/// Seconds each target runs in `cargo xtask test`.
+pub const TEST_SECONDS: u64 = 10;
+
+fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Legacy pcap header: magic, version 2.4, zone, sigfigs, snaplen, Ethernet.
+    for v in [0xa1b2_c3d4u32.to_le_bytes(), [2, 0, 4, 0], [0; 4], [0; 4], 65_535u32.to_le_bytes(), 1u32.to_le_bytes()] {
+        out.extend(v);
+    }
+    for (i, f) in frames.iter().enumerate() {
+        for v in [(1_700_000_000 + i as u32).to_le_bytes(), 0u32.to_le_bytes(), (f.len() as u32).to_le_bytes(), (f.len() as u32).to_le_bytes()] {
+            out.extend(v);
+        }
+        out.extend(f);
+    }
+    out
+}
+
+/// Seed inputs per target.
+fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
+    let zone = echo_sim::zone(crate::netns::server_v4(0));
+    let hello = tls::client_hello(echo_sim::ECHO_HOST)?;
+    Ok(match target {
+        "sni" => vec![hello],
+        "dns" => vec![dns::reply_bytes(&zone, echo_sim::ECHO_HOST).context("a DNS reply")?],
+        "capture" => {
+            let mut syn = packets::TcpFrame::upload_v4(1000, packets::SYN, Vec::new());
+            syn.vlans = vec![(0x8100, 7)];
+            let data = packets::TcpFrame::upload_v4(1001, packets::PSH | packets::ACK, hello).build();
+            vec![pcap(&[syn.build(), data])]
+        }
+        "log" => vec![
+            br#"{"type":"muted","device":"echo","muted":true,"at":1700000000.5}"#.to_vec(),
+            br#"{"type":"frame","device":"echo","index":0,"arm":"I_1","start":1.0,"end":2.0,"top_destination":"10.77.2.10","upload_bytes":45000}"#.to_vec(),
+        ],
+        "flags" => vec![
+            b"run\0--iface\0wlan0\0--device\002:ec:40:00:00:01=echo\0--marker\0192.0.2.1=command_start\0--group\0amazon.com=alexa\0--idle-gap\02".to_vec(),
+            b"replay\0--pcap\0x.pcap\0--device\002:ec:40:00:00:01\0--muted\01700000000..1700000100\0--arms\0I_1,I_2".to_vec(),
+        ],
+        "api" => vec![b"\0/api/interactions\0since=1700000000\0".to_vec(), b"\x01/api/devices/echo/muted\0\0true".to_vec()],
+        other => anyhow::bail!("no fuzz target {other}"),
+    })
+}
+
+/// Runs `target` for `seconds` from its seeds (and the corpus kept in `target/fuzz-corpus`);
+/// a crash fails with libFuzzer's report, the reproducer saved under `fuzz/artifacts`.
+pub fn run(root: &Path, target: &str, seconds: u64) -> Result<()> {
+    let corpus: PathBuf = root.join("target/fuzz-corpus").join(target);
+    std::fs::create_dir_all(&corpus)?;
+    for (i, s) in seeds(target)?.into_iter().enumerate() {
+        std::fs::write(corpus.join(format!("seed-{i}")), s)?;
+    }
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", "run", "-O", target])
+        .arg(&corpus)
+        .args(["--", &format!("-max_total_time={seconds}"), "-print_final_stats=1"])
+        .status()
+        .context("running cargo fuzz")?;
+    anyhow::ensure!(status.success(), "fuzz target {target} failed: {status}");
+    Ok(())
+}
