@@ -73,6 +73,10 @@ pub struct Interaction {
     pub markers: Vec<(f64, String)>,
     /// Whether the microphone was muted during any of its uploads.
     pub muted: bool,
+    /// Events were dropped (ring buffer full) while it was open: its byte and record counts
+    /// may be short and its end early; the per-destination counters stay exact.
+    #[serde(default)]
+    pub degraded: bool,
 }
 
 /// Why upload was unexpected.
@@ -126,6 +130,7 @@ struct Open {
     markers: Vec<(f64, String)>,
     last_upload: u64,
     muted: bool,
+    degraded: bool,
 }
 
 /// Mute switches, oldest first; `before` is the state before the first kept one.
@@ -246,6 +251,7 @@ impl Tracker {
                 markers: Vec::new(),
                 last_upload: u.ts_ns,
                 muted: false,
+                degraded: false,
             });
             for (u, r) in std::mem::take(&mut self.recent) {
                 self.into_window(u, r);
@@ -265,6 +271,13 @@ impl Tracker {
         self.tick(ts_ns);
         if let Some(o) = &mut self.open {
             o.markers.push((self.clock.secs(ts_ns), role.name().to_string()));
+        }
+    }
+
+    /// Events were lost: the open window, if any, is degraded.
+    pub fn degrade(&mut self) {
+        if let Some(o) = &mut self.open {
+            o.degraded = true;
         }
     }
 
@@ -347,6 +360,7 @@ impl Tracker {
             download_records: o.download_records,
             markers: o.markers,
             muted: o.muted,
+            degraded: o.degraded,
         });
     }
 }
@@ -401,6 +415,23 @@ mod tests {
         t.finish();
         assert_eq!(t.done.iter().map(|i| i.upload_bytes).collect::<Vec<_>>(), vec![20_000, 20_000]);
         assert_eq!(t.background_bytes, 0);
+    }
+
+    #[test]
+    fn lost_events_degrade_the_open_window_only() {
+        let mut t = tracker();
+        for start in [1_000, 10_000] {
+            for i in 0..10 {
+                t.upload(up(start + i * 10, 2_000), 1);
+            }
+            if start == 1_000 {
+                t.degrade(); // events lost while the first window is open
+                t.tick(5_000 * MS);
+                t.degrade(); // and while none is
+            }
+        }
+        t.finish();
+        assert_eq!(t.done.iter().map(|i| (i.upload_bytes, i.degraded)).collect::<Vec<_>>(), vec![(20_000, true), (20_000, false)]);
     }
 
     #[test]

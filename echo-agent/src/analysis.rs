@@ -58,6 +58,8 @@ pub struct Session {
     /// Epoch seconds of the latest ping per marker role.
     pub marker_last: BTreeMap<Role, f64>,
     pub names: NameTable,
+    /// The programs' count of dropped events, as last told (`events_dropped`).
+    dropped: u64,
     records: Vec<Record>,
 }
 
@@ -75,7 +77,7 @@ impl Session {
                 (*i, state)
             })
             .collect();
-        let mut s = Session { config, clock, devices, marker_last: BTreeMap::new(), names: NameTable::default(), records: Vec::new() };
+        let mut s = Session { config, clock, devices, marker_last: BTreeMap::new(), names: NameTable::default(), dropped: 0, records: Vec::new() };
         let to_ns = |t: f64| (t.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
         let mut switches: Vec<(u64, bool)> = s.config.muted.iter().flat_map(|&(a, b)| [(to_ns(a), true), (to_ns(b), false)]).collect();
         switches.sort();
@@ -130,6 +132,18 @@ impl Session {
             }
             _ => {}
         }
+    }
+
+    /// The programs' running count of events dropped for want of ring-buffer room: when it
+    /// grows, every window and frame open now may miss events and is marked degraded.
+    pub fn events_dropped(&mut self, total: u64) {
+        if total > self.dropped {
+            self.devices.values_mut().for_each(|d| {
+                d.tracker.degrade();
+                d.cutter.degrade();
+            });
+        }
+        self.dropped = self.dropped.max(total);
     }
 
     /// Advances every device's time to `now_ns` (windows close without traffic).

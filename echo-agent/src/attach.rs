@@ -20,7 +20,7 @@ use clap::ValueEnum;
 use thiserror::Error;
 
 use crate::{
-    loader::{is_eperm, Programs},
+    loader::{has_errno, is_eperm, Programs},
     pins::{link_ifindex, TC_LINK, XDP_LINK_DRIVER, XDP_LINK_SKB},
 };
 
@@ -54,6 +54,8 @@ pub enum AttachError {
     Privileges,
     #[error("cannot attach XDP to {0} in {1} mode")]
     Xdp(String, &'static str, #[source] ProgramError),
+    #[error("{0} has no native XDP support (its driver refused driver mode): use --xdp-mode skb or auto")]
+    NoDriverMode(String),
     #[error("cannot attach the TC egress program to {0}")]
     Tc(String, #[source] ProgramError),
     #[error("link on {0}: {1}")]
@@ -171,6 +173,7 @@ fn attach_xdp(
                 return Ok((Held { link, path }, name, false));
             }
             Err(e) if is_eperm(&e) => return Err(AttachError::Privileges),
+            Err(e) if mode == XdpMode::Driver && has_errno(&e, libc::EOPNOTSUPP) => return Err(AttachError::NoDriverMode(iface.to_string())),
             Err(e) => last = Some(err(e)),
         }
     }

@@ -80,6 +80,9 @@ pub struct Frame {
     pub top_group: Option<String>,
     #[serde(default)]
     pub top_group_upload_bytes: u64,
+    /// Events were dropped while it was open (see `Interaction::degraded`).
+    #[serde(default)]
+    pub degraded: bool,
 }
 
 /// Cuts one device's uploads into frames as events arrive, in time order: a frame opens at
@@ -92,7 +95,8 @@ pub struct FrameCutter {
     clock: Clock,
     next_index: usize,
     groups: Groups,
-    open: Option<(u64, DestSums)>,
+    /// Start, sums, degraded.
+    open: Option<(u64, DestSums, bool)>,
 }
 
 impl FrameCutter {
@@ -101,18 +105,25 @@ impl FrameCutter {
     }
 
     pub fn upload(&mut self, u: &Upload) {
-        if let Some((start, sums)) = &mut self.open {
+        if let Some((start, sums, _)) = &mut self.open {
             if u.ts_ns >= *start {
                 sums.add(u);
             }
         }
     }
 
+    /// Events were lost: the open frame, if any, is degraded.
+    pub fn degrade(&mut self) {
+        if let Some((_, _, d)) = &mut self.open {
+            *d = true;
+        }
+    }
+
     pub fn marker(&mut self, ts_ns: u64, role: Role) -> Option<Frame> {
         match role {
-            Role::CommandStart => self.open = Some((ts_ns, DestSums::default())),
+            Role::CommandStart => self.open = Some((ts_ns, DestSums::default(), false)),
             Role::ResponseStart => {
-                let (start, sums) = self.open.take()?;
+                let (start, sums, degraded) = self.open.take()?;
                 let index = self.next_index;
                 self.next_index += 1;
                 let top = sums.top(&self.groups);
@@ -128,6 +139,7 @@ impl FrameCutter {
                     top_destination_name: None,
                     top_group: top.group,
                     top_group_upload_bytes: top.group_bytes,
+                    degraded,
                 });
             }
             Role::CommandEnd | Role::ResponseEnd => {}

@@ -220,6 +220,11 @@ impl Live {
         match item {
             Some(i) => st.session.item(&i),
             None => {
+                if let Some(maps) = &self.counters {
+                    if let Ok(dropped) = counters::per_cpu_sum(&**maps, echo_common::MAP_EVENT_DROPS, 0) {
+                        st.session.events_dropped(dropped);
+                    }
+                }
                 st.session.tick(monotonic_ns().saturating_sub(TICK_LAG.as_nanos() as u64));
                 self.publish(&mut st);
             }

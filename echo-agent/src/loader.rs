@@ -44,10 +44,15 @@ pub enum LoadError {
 
 /// True when `e` or one of its sources is EPERM: missing privileges, not a bad program.
 pub fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    has_errno(e, libc::EPERM)
+}
+
+/// True when `e` or one of its sources is the OS error `errno`.
+pub fn has_errno(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.raw_os_error() == Some(libc::EPERM) {
+            if io.raw_os_error() == Some(errno) {
                 return true;
             }
         }

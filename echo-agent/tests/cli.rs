@@ -176,3 +176,60 @@ fn run_bpffs_not_mountable() {
         "echo-agent: bpffs is not mounted at /sys/fs/bpf and mounting it failed: Operation not permitted (os error 1)",
     );
 }
+
+#[test]
+fn run_driver_mode_without_native_xdp() {
+    let ns = Scratch::new().unwrap();
+    assert_exit2(
+        run_in(&ns, &[], &["--iface", "lo", "--device", MAC, "--xdp-mode", "driver"]),
+        "echo-agent: lo has no native XDP support (its driver refused driver mode): use --xdp-mode skb or auto",
+    );
+}
+
+#[test]
+fn run_state_dir_not_creatable() {
+    let ns = Scratch::new().unwrap();
+    let out = ns.nsenter(BIN).args(["run", "--iface", "lo", "--device", MAC, "--state-dir", "/proc/echo-agent"]).output().unwrap();
+    assert_exit2(
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        "echo-agent: cannot create state directory /proc/echo-agent: No such file or directory (os error 2)",
+    );
+}
+
+#[test]
+fn malformed_group() {
+    for (arg, why) in [
+        ("amazon.com", "expected SUFFIX=GROUP, got \"amazon.com\""),
+        ("amazon..com=alexa", "\"amazon..com\" is not a DNS name suffix"),
+        ("amazon.com=al exa", "group name must be letters, digits, '-', '_' or '.', got \"al exa\""),
+    ] {
+        let (code, err) = agent(&["replay", "--pcap", "/dev/null", "--device", MAC, "--group", arg]);
+        assert_eq!((code, err.trim()), (2, format!("echo-agent: invalid value '{arg}' for '--group <SUFFIX=GROUP>': {why}").as_str()));
+    }
+}
+
+#[test]
+fn capture_of_another_link_type() {
+    // A pcap header for LINKTYPE_LINUX_SLL (113): what `tcpdump -i any` writes.
+    let path = std::env::temp_dir().join(format!("echo-sll-{}.pcap", std::process::id()));
+    let header: Vec<u8> = [0xa1b2_c3d4u32.to_le_bytes(), [2, 0, 4, 0], [0; 4], [0; 4], 65_535u32.to_le_bytes(), 113u32.to_le_bytes()].concat();
+    std::fs::write(&path, header).unwrap();
+    let (code, err) = agent(&["replay", "--pcap", path.to_str().unwrap(), "--device", MAC]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        (code, err.trim()),
+        (2, format!("echo-agent: {}: link type 113 is not supported (capture on the Ethernet interface, not 'any')", path.display()).as_str())
+    );
+}
+
+#[test]
+fn too_many_devices_and_markers() {
+    let macs: Vec<String> = (0..17).map(|i| format!("02:ec:40:00:01:{i:02x}")).collect();
+    let mut args = vec!["replay", "--pcap", "/dev/null"];
+    macs.iter().for_each(|m| args.extend(["--device", m.as_str()]));
+    assert_eq!(agent(&args), (2, "echo-agent: at most 16 devices can be monitored, 17 given\n".to_string()));
+    let markers: Vec<String> = (0..65).map(|i| format!("198.51.100.{i}=command_start")).collect();
+    let mut args = vec!["replay", "--pcap", "/dev/null", "--device", MAC];
+    markers.iter().for_each(|m| args.extend(["--marker", m.as_str()]));
+    assert_eq!(agent(&args), (2, "echo-agent: at most 64 marker addresses can be configured, 65 given\n".to_string()));
+}

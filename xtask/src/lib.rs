@@ -10,5 +10,6 @@ pub mod http;
 pub mod netns;
 pub mod packets;
 pub mod ping;
+pub mod soak;
 pub mod tls;
 pub mod tshark;

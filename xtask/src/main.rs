@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | test | fuzz | bench | demo`.
+//! `cargo xtask setup | build | test | fuzz | soak | bench | demo`.
 
 use std::process::{Command, ExitCode};
 
@@ -22,7 +22,8 @@ enum Cmd {
     /// Build the eBPF programs and echo-agent (release).
     Build,
     /// Run every test: unit, test_run fixtures, namespace integration and differential tests,
-    /// then each fuzz target for a few seconds (when no test filter is given).
+    /// then (when no test filter is given) each fuzz target for a few seconds and a 3-minute
+    /// soak.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true)]
@@ -40,6 +41,12 @@ enum Cmd {
         target: String,
         #[arg(long, default_value_t = 300)]
         seconds: u64,
+    },
+    /// The demo household time-compressed with connection churn for N minutes: agent RSS,
+    /// descriptors, threads and map entries must stay flat (report in target/soak/report.md).
+    Soak {
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
     },
     /// Run the simulated household: the agent live on a simulated hotspot, a simulated Echo.
     Demo {
@@ -93,8 +100,16 @@ fn main() -> ExitCode {
                 for t in xtask::fuzz::TARGETS {
                     xtask::fuzz::run(&root, t, xtask::fuzz::TEST_SECONDS)?;
                 }
+                xtask::soak::run_and_report(&root, xtask::soak::TEST_MINUTES)?;
             }
             Ok(())
+        }),
+        Cmd::Soak { minutes } => setup::run().and_then(|()| require_root("cargo xtask soak")).and_then(|()| {
+            let mut c = cargo();
+            c.args(["build", "--release", "-p", "echo-agent"]);
+            run_checked(&mut c)?;
+            xtask::netns::remove_stale();
+            xtask::soak::run_and_report(&workspace_root(), minutes)
         }),
         Cmd::Fuzz { target, seconds } => setup::run().and_then(|()| xtask::fuzz::run(&workspace_root(), &target, seconds)),
         Cmd::Bench { quick } => setup::run().and_then(|()| require_root("cargo xtask bench")).and_then(|()| {

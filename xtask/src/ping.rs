@@ -9,6 +9,13 @@ use crate::netns::spawn_in;
 
 /// Sends one echo request to `dst` from namespace `ns` (no wait for the reply).
 pub fn echo_request(ns: &str, dst: Ipv4Addr, seq: u16) -> Result<()> {
+    echo_requests(ns, dst, seq, 1)
+}
+
+/// Sends `count` echo requests to `dst` from namespace `ns`, sequence numbers from `seq` on,
+/// as fast as the socket takes them (a flood, when `count` is large), without waiting for
+/// replies.
+pub fn echo_requests(ns: &str, dst: Ipv4Addr, seq: u16, count: u32) -> Result<()> {
     spawn_in(ns, move || -> Result<()> {
         // SAFETY: plain socket calls on a buffer we own.
         unsafe {
@@ -16,18 +23,22 @@ pub fn echo_request(ns: &str, dst: Ipv4Addr, seq: u16) -> Result<()> {
             if fd < 0 {
                 bail!("raw ICMP socket: {}", std::io::Error::last_os_error());
             }
-            let mut pkt = [8u8, 0, 0, 0, 0x45, 0x43, (seq >> 8) as u8, seq as u8, b'e', b'c', b'h', b'o'];
-            let sum = checksum(&pkt);
-            pkt[2..4].copy_from_slice(&sum.to_be_bytes());
             let mut addr: libc::sockaddr_in = std::mem::zeroed();
             addr.sin_family = libc::AF_INET as u16;
             addr.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-            let n = libc::sendto(fd, pkt.as_ptr() as *const _, pkt.len(), 0, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if n != pkt.len() as isize {
-                bail!("sending echo request to {dst}: {err}");
+            for i in 0..count {
+                let seq = seq.wrapping_add(i as u16);
+                let mut pkt = [8u8, 0, 0, 0, 0x45, 0x43, (seq >> 8) as u8, seq as u8, b'e', b'c', b'h', b'o'];
+                let sum = checksum(&pkt);
+                pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+                let n = libc::sendto(fd, pkt.as_ptr() as *const _, pkt.len(), 0, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32);
+                if n != pkt.len() as isize {
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    bail!("sending echo request {i} to {dst}: {err}");
+                }
             }
+            libc::close(fd);
         }
         Ok(())
     })?
