@@ -45,7 +45,20 @@ pub fn per_cpu_sum(maps: &impl MapSource, name: &str, slot: u32) -> Result<u64, 
     Ok(arr.get(&slot, 0)?.iter().sum())
 }
 
+/// Every counter, the flow table's live entries included (walked key by key).
 pub fn read(ebpf: &impl MapSource) -> Result<Snapshot, MapError> {
+    let flow_entries = count_flows(ebpf)?;
+    read_with_flow_entries(ebpf, flow_entries)
+}
+
+/// Live entries of the flow table: one syscall per key, ~70 ms for a full table of 65,536.
+pub fn count_flows(ebpf: &impl MapSource) -> Result<u64, MapError> {
+    let flows: HashMap<&MapData, FlowKey, FlowState> = HashMap::try_from(map(ebpf, MAP_FLOWS))?;
+    Ok(flows.keys().count() as u64)
+}
+
+/// Every counter, with the flow table's live entries as counted elsewhere.
+pub fn read_with_flow_entries(ebpf: &impl MapSource, flow_entries: u64) -> Result<Snapshot, MapError> {
     let stats: PerCpuHashMap<&MapData, DestKey, DestStats> = PerCpuHashMap::try_from(map(ebpf, MAP_DEST_STATS))?;
     let mut dests = Vec::new();
     for entry in stats.iter() {
@@ -67,11 +80,10 @@ pub fn read(ebpf: &impl MapSource) -> Result<Snapshot, MapError> {
     }
 
     let sum_slot = |slot: u32| per_cpu_sum(ebpf, MAP_INSERTS, slot);
-    let flows: HashMap<&MapData, FlowKey, FlowState> = HashMap::try_from(map(ebpf, MAP_FLOWS))?;
     Ok(Snapshot {
         dests,
         classes,
-        flow_entries: flows.keys().count() as u64,
+        flow_entries,
         flow_inserts: sum_slot(INSERTS_FLOWS)?,
         dest_inserts: sum_slot(INSERTS_DEST_STATS)?,
     })

@@ -6,9 +6,10 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
+    time::Duration,
 };
 
 use echo_common::{
@@ -94,13 +95,41 @@ pub struct MapCollector {
     /// Destinations exported by name, per device. Once named a destination stays named, so
     /// its counter never moves into "other" and back (which would look like a reset).
     named: Mutex<HashMap<u32, BTreeSet<IpAddr>>>,
+    /// Live flow-table entries, counted by a thread of its own every `FLOW_COUNT_EVERY`.
+    flow_entries: Arc<AtomicU64>,
+    /// Flow evictions last exported: insertions minus a count taken up to
+    /// `FLOW_COUNT_EVERY` earlier can dip, and a counter must not.
+    flow_evictions: AtomicU64,
     descs: Vec<Desc>,
 }
+
+/// How often the flow table's entries are counted. Walking a full table (65,536 keys, one
+/// syscall each) takes ~70 ms, which would make every scrape of a flooded agent that slow;
+/// so `echo_map_entries{map="flows"}` and the flow evictions lag by up to this much.
+pub const FLOW_COUNT_EVERY: Duration = Duration::from_secs(10);
 
 impl MapCollector {
     pub fn new(maps: Arc<MapSet>, devices: Vec<(u32, String)>, markers: Vec<MarkerSpec>, health: Arc<Health>, max_destinations: usize) -> Self {
         let descs = METRICS.iter().flat_map(|m| vec_for(m).desc().into_iter().cloned().collect::<Vec<_>>()).collect();
-        MapCollector { maps, devices, markers, health, max_destinations, named: Mutex::new(HashMap::new()), descs }
+        let flow_entries = Arc::new(AtomicU64::new(counters::count_flows(&*maps).unwrap_or(0)));
+        let (counted, from) = (flow_entries.clone(), maps.clone());
+        let _ = std::thread::Builder::new().name("flow-count".into()).spawn(move || loop {
+            std::thread::sleep(FLOW_COUNT_EVERY);
+            if let Ok(n) = counters::count_flows(&*from) {
+                counted.store(n, Ordering::Relaxed);
+            }
+        });
+        MapCollector {
+            maps,
+            devices,
+            markers,
+            health,
+            max_destinations,
+            named: Mutex::new(HashMap::new()),
+            flow_entries,
+            flow_evictions: AtomicU64::new(0),
+            descs,
+        }
     }
 }
 
@@ -216,7 +245,8 @@ impl MapCollector {
         rows.add("echo_tc_attached", &[&h.iface], h.tc_attached.load(Ordering::Relaxed) as u8 as f64);
         rows.add("echo_map_entries", &["flows"], snap.flow_entries as f64);
         rows.add("echo_map_entries", &["destinations"], snap.dests.len() as f64);
-        rows.add("echo_map_evictions_total", &["flows"], snap.flow_evictions() as f64);
+        let flow_evictions = self.flow_evictions.fetch_max(snap.flow_evictions(), Ordering::Relaxed).max(snap.flow_evictions());
+        rows.add("echo_map_evictions_total", &["flows"], flow_evictions as f64);
         rows.add("echo_map_evictions_total", &["destinations"], snap.dest_evictions() as f64);
         rows.add("echo_events_dropped_total", &[], per_cpu_sum(&*self.maps, MAP_EVENT_DROPS, 0).unwrap_or(0) as f64);
         rows.add("echo_snippets_dropped_total", &[], per_cpu_sum(&*self.maps, MAP_SNIPPET_DROPS, 0).unwrap_or(0) as f64);
@@ -252,7 +282,7 @@ impl Collector for MapCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut rows = Rows::default();
-        match counters::read(&*self.maps) {
+        match counters::read_with_flow_entries(&*self.maps, self.flow_entries.load(Ordering::Relaxed)) {
             Ok(snap) => {
                 self.device_rows(&snap, &mut rows);
                 self.health_rows(&snap, &mut rows);

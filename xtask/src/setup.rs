@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 /// iproute2 (namespaces), openssl (the second real TLS stack), ethtool, util-linux (nsenter,
 /// setpriv), prometheus (promtool checks the exposition format; deploy/ is verified against a
 /// real Prometheus), systemd (systemd-analyze verifies the unit), g++ (libFuzzer, for the fuzz
-/// targets).
+/// targets), libfaketime (a wall-clock step under the agent's feet, in a test).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
     "g++",
+    "libfaketime",
 ];
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
