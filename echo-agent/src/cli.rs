@@ -27,6 +27,9 @@ pub enum Command {
         #[arg(long)]
         iface: String,
     },
+    /// Read a password on standard input and print its bcrypt hash, for basic_auth_users in
+    /// --web.config.file.
+    WebPassword,
     /// Run a pcap/pcapng capture through the programs (BPF_PROG_TEST_RUN) and report.
     Replay {
         /// Capture file of Ethernet frames (pcap or pcapng).
@@ -121,6 +124,10 @@ pub struct RunArgs {
     pub listen: SocketAddr,
     #[arg(long = "web.telemetry-path", default_value = "/metrics")]
     pub telemetry_path: String,
+    /// TLS and basic authentication for metrics and API, in the Prometheus exporter-toolkit
+    /// format (tls_server_config: cert_file, key_file, min_version; basic_auth_users: bcrypt).
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,
     /// Durable state: the interaction log (interactions.jsonl).

@@ -22,3 +22,4 @@ pub mod pins;
 pub mod replay;
 pub mod run;
 pub mod store;
+pub mod web_config;

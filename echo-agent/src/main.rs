@@ -1,5 +1,7 @@
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+
 use clap::Parser as _;
 use echo_agent::{
     attach::AttachError,
@@ -17,6 +19,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         c.downcast_ref::<CaptureError>().is_some()
             || c.downcast_ref::<run::RunError>().is_some()
             || c.downcast_ref::<echo_agent::store::StoreError>().is_some()
+            || c.downcast_ref::<echo_agent::web_config::WebConfigError>().is_some()
             || matches!(c.downcast_ref::<PinError>(), Some(PinError::Mount(_)))
             || matches!(c.downcast_ref::<AttachError>(), Some(AttachError::NoSuchInterface(_) | AttachError::Privileges | AttachError::NoDriverMode(_)))
             || matches!(
@@ -30,6 +33,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args)?,
+        Command::WebPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "no password on standard input");
+            println!("{}", bcrypt::hash(password, echo_agent::web_config::PASSWORD_COST)?);
+        }
         Command::Detach { iface } => {
             let removed = pins::remove_all(&iface).map_err(|e| anyhow::anyhow!("removing {}: {e}", pins::dir_for(&iface).display()))?;
             if removed.is_empty() {

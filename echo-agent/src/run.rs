@@ -59,6 +59,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         return Err(crate::loader::LoadError::Privileges.into());
     }
     // Everything that can be wrong with the flags is checked before touching the kernel.
+    let web_config = args.web_config.as_deref().map(crate::web_config::WebConfig::load).transpose()?;
     let listener = TcpListener::bind(args.listen).map_err(|e| RunError::Listen(args.listen, e))?;
     if attach::ifindex(&args.iface).is_none() {
         return Err(attach::AttachError::NoSuchInterface(args.iface.clone()).into());
@@ -110,10 +111,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let live = Arc::new(Live::new(&registry, config, &devices, store, loaded, Some(maps))?);
     let sink = live.clone();
     events::spawn(rings, move |item| sink.on_item(item)).context("starting the event reader")?;
-    Web { registry, telemetry_path: args.telemetry_path.clone(), api: Some(live.clone()) }
+    let scheme = if web_config.as_ref().is_some_and(|c| c.tls.is_some()) { "https" } else { "http" };
+    Web { registry, telemetry_path: args.telemetry_path.clone(), api: Some(live.clone()), config: web_config }
         .spawn(listener)
         .context("starting the HTTP listener")?;
-    log(format!("serving metrics on http://{}{}", args.listen, args.telemetry_path));
+    log(format!("serving metrics on {scheme}://{}{}", args.listen, args.telemetry_path));
 
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

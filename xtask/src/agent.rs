@@ -41,6 +41,8 @@ pub struct Agent {
     /// A command the agent runs under, inside the namespace (e.g. setpriv dropping privileges).
     wrap: Vec<String>,
     pub log: PathBuf,
+    /// How to reach its listener (TLS, credentials).
+    pub http: http::Options,
 }
 
 impl Agent {
@@ -52,6 +54,15 @@ impl Agent {
     /// As `start`, with the agent run under `wrap` (a command line ending where the agent's
     /// begins, such as `setpriv --reuid ... --`).
     pub fn start_wrapped(bin: &Path, topo: &Topology, wrap: &[&str], args: &[&str]) -> Result<Self> {
+        Self::start_full(bin, topo, wrap, args, http::Options::default())
+    }
+
+    /// As `start`, reached over `http` (for `--web.config.file`).
+    pub fn start_web(bin: &Path, topo: &Topology, args: &[&str], http: http::Options) -> Result<Self> {
+        Self::start_full(bin, topo, &[], args, http)
+    }
+
+    fn start_full(bin: &Path, topo: &Topology, wrap: &[&str], args: &[&str], http: http::Options) -> Result<Self> {
         let mut a = Agent {
             wrap: wrap.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -61,6 +72,7 @@ impl Agent {
             listen: LISTEN.parse().expect("valid"),
             args: args.iter().map(|s| s.to_string()).collect(),
             log: std::env::temp_dir().join(format!("echo-{}-agent.log", topo.id)),
+            http,
         };
         let _ = std::fs::remove_file(&a.log);
         a.spawn()?;
@@ -103,11 +115,11 @@ impl Agent {
     }
 
     pub fn get(&self, path: &str) -> Result<http::Response> {
-        http::request(&self.ns, self.listen, "GET", path, "")
+        http::request_with(&self.ns, self.listen, "GET", path, "", &self.http)
     }
 
     pub fn post(&self, path: &str, body: &str) -> Result<http::Response> {
-        http::request(&self.ns, self.listen, "POST", path, body)
+        http::request_with(&self.ns, self.listen, "POST", path, body, &self.http)
     }
 
     pub fn scrape(&self) -> Result<Metrics> {

@@ -1,7 +1,8 @@
 //! Fuzzing (cargo-fuzz, libFuzzer with AddressSanitizer) of every parser of untrusted input in
 //! user space; the targets live in `fuzz/`. Each run starts from seeds written here from the
 //! same helpers the tests use (a real rustls ClientHello, the simulated household's DNS
-//! answer, a capture of real frames, a log line, command lines, API requests), so libFuzzer
+//! answer, a capture of real frames, a log line, command lines, API requests, the example web
+//! configuration, HTTPS requests), so libFuzzer
 //! mutates meaningful input from the first second.
 
 use std::{path::{Path, PathBuf}, process::Command};
@@ -11,7 +12,7 @@ use anyhow::{Context as _, Result};
 use crate::{dns, echo_sim, packets, tls};
 
 /// Every target, in `fuzz/Cargo.toml`.
-pub const TARGETS: &[&str] = &["sni", "dns", "capture", "log", "flags", "api"];
+pub const TARGETS: &[&str] = &["sni", "dns", "capture", "log", "flags", "api", "web_config", "https_request"];
 
 /// Seconds each target runs in `cargo xtask test`.
 pub const TEST_SECONDS: u64 = 10;
@@ -53,6 +54,11 @@ fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
             b"replay\0--pcap\0x.pcap\0--device\002:ec:40:00:00:01\0--muted\01700000000..1700000100\0--arms\0I_1,I_2".to_vec(),
         ],
         "api" => vec![b"\0/api/interactions\0since=1700000000\0".to_vec(), b"\x01/api/devices/echo/muted\0\0true".to_vec()],
+        "web_config" => vec![std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/web/web-config.yml"))?],
+        "https_request" => vec![
+            b"GET /metrics HTTP/1.1\r\nHost: 192.168.1.1:9977\r\nAuthorization: Basic cHJvbWV0aGV1czpjaGFuZ2UtbWU=\r\n\r\n".to_vec(),
+            b"POST /api/devices/echo/muted HTTP/1.1\r\nContent-Length: 4\r\n\r\ntrue".to_vec(),
+        ],
         other => anyhow::bail!("no fuzz target {other}"),
     })
 }

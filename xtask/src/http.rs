@@ -1,5 +1,5 @@
 //! A minimal HTTP/1.0 client that runs inside a namespace (the agent listens on loopback in
-//! the hotspot namespace).
+//! the hotspot namespace), over plain TCP or TLS, with basic authentication when asked.
 
 use std::{
     io::{Read as _, Write as _},
@@ -19,13 +19,45 @@ pub struct Response {
 
 /// `method path` with `body` to `addr`, from namespace `ns`.
 pub fn request(ns: &str, addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<Response> {
-    let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    request_with(ns, addr, method, path, body, &Options::default())
+}
+
+/// How to reach the server.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// HTTPS (any certificate accepted: the test servers' are self-signed).
+    pub tls: bool,
+    /// User and password for basic authentication.
+    pub basic: Option<(String, String)>,
+}
+
+/// `request` over TLS and/or with credentials.
+pub fn request_with(ns: &str, addr: SocketAddr, method: &str, path: &str, body: &str, opts: &Options) -> Result<Response> {
+    use base64::Engine as _;
+    let auth = opts
+        .basic
+        .as_ref()
+        .map(|(u, p)| format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))))
+        .unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\n\r\n{body}", body.len());
+    let tls = opts.tls.then(crate::tls::https_client).transpose()?;
     let raw = spawn_in(ns, move || -> Result<Vec<u8>> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(req.as_bytes())?;
         let mut out = Vec::new();
-        s.read_to_end(&mut out)?;
+        match tls {
+            Some(config) => {
+                let conn = rustls::ClientConnection::new(config, rustls::pki_types::ServerName::IpAddress(addr.ip().into()))?;
+                let mut s = rustls::StreamOwned::new(conn, s);
+                s.write_all(req.as_bytes())?;
+                s.read_to_end(&mut out)?;
+            }
+            None => {
+                let mut s = s;
+                s.write_all(req.as_bytes())?;
+                s.read_to_end(&mut out)?;
+            }
+        }
         Ok(out)
     })?
     .join()

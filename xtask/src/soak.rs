@@ -142,9 +142,9 @@ pub fn run(bin: &Path, minutes: f64) -> Result<(String, bool)> {
         Ok((samples, connections))
     })?;
     stop.store(true, Ordering::Relaxed);
+    let truth = sim.join().map_err(|_| anyhow::anyhow!("the simulated Echo panicked"))??;
     // The last command's window closes after the idle gap (2 s).
     thread::sleep(Duration::from_millis(3_500));
-    let truth = sim.join().map_err(|_| anyhow::anyhow!("the simulated Echo panicked"))??;
     let interactions = agent.scrape()?.value("echo_interactions_total", &[("device", echo_sim::DEVICE_NAME)]);
     drop(agent);
     let _ = std::fs::remove_dir_all(&state);

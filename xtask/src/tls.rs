@@ -59,6 +59,11 @@ pub(crate) fn client_config(version: Version, provider: Arc<CryptoProvider>) -> 
     Ok(Arc::new(config))
 }
 
+/// A TLS 1.3 client for HTTPS requests to the agent (self-signed certificates accepted).
+pub fn https_client() -> Result<Arc<rustls::ClientConfig>> {
+    client_config(Version::Tls13, provider())
+}
+
 /// The ring provider restricted to one cipher suite.
 pub(crate) fn provider_with(suite: rustls::SupportedCipherSuite) -> Arc<CryptoProvider> {
     Arc::new(CryptoProvider { cipher_suites: vec![suite], ..ring::default_provider() })
