@@ -130,6 +130,10 @@ pub struct RunArgs {
     pub web_config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,
+    /// Records of each kind (interactions, frames, unexpected runs) the API keeps in memory;
+    /// the log on disk keeps all. About 1 KiB per interaction and its frame.
+    #[arg(long, default_value_t = crate::live::DEFAULT_HISTORY)]
+    pub api_history: usize,
     /// Durable state: the interaction log (interactions.jsonl).
     #[arg(long, default_value = "/var/lib/echo-agent")]
     pub state_dir: PathBuf,

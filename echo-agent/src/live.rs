@@ -27,9 +27,10 @@ use crate::{
     store::{Loaded, Store},
 };
 
-/// Records of each kind kept in memory for the API (the log on disk keeps everything).
-/// A year of a busy household is ~40,000 interactions.
-const MAX_HISTORY: usize = 100_000;
+/// Records of each kind kept in memory for the API by default (`--api-history`; the log on
+/// disk keeps everything). A year of a busy household is ~40,000 interactions, ~1 KiB each
+/// with its frame.
+pub const DEFAULT_HISTORY: usize = 100_000;
 
 /// Time is advanced to this long before "now", so events already stamped but not yet read
 /// (they wait up to `events::POLL_INTERVAL` in the ring buffer) are not judged late (a window
@@ -131,27 +132,33 @@ impl Metrics {
     }
 }
 
-/// What the API serves: recent records by kind.
-#[derive(Default)]
+/// What the API serves: the latest `max` records of each kind.
 struct History {
+    max: usize,
     interactions: VecDeque<Interaction>,
     frames: VecDeque<Frame>,
     unexpected: VecDeque<Unexpected>,
 }
 
-fn push_bounded<T>(q: &mut VecDeque<T>, x: T) {
-    if q.len() == MAX_HISTORY {
+fn push_bounded<T>(q: &mut VecDeque<T>, x: T, max: usize) {
+    if q.len() >= max {
         q.pop_front();
     }
-    q.push_back(x);
+    if max > 0 {
+        q.push_back(x);
+    }
 }
 
 impl History {
+    fn new(max: usize) -> Self {
+        History { max, interactions: VecDeque::new(), frames: VecDeque::new(), unexpected: VecDeque::new() }
+    }
+
     fn add(&mut self, r: &Record) {
         match r {
-            Record::Interaction(x) => push_bounded(&mut self.interactions, x.clone()),
-            Record::Frame(x) => push_bounded(&mut self.frames, x.clone()),
-            Record::Unexpected(x) => push_bounded(&mut self.unexpected, x.clone()),
+            Record::Interaction(x) => push_bounded(&mut self.interactions, x.clone(), self.max),
+            Record::Frame(x) => push_bounded(&mut self.frames, x.clone(), self.max),
+            Record::Unexpected(x) => push_bounded(&mut self.unexpected, x.clone(), self.max),
             Record::Muted { .. } => {}
         }
     }
@@ -174,10 +181,18 @@ pub struct Live {
 }
 
 impl Live {
-    /// `devices`: (index in the programs, name). `loaded` is the log as it was at start.
-    pub fn new(registry: &Registry, config: Config, devices: &[(u32, String)], store: Store, loaded: Loaded, counters: Option<Arc<MapSet>>) -> Result<Self> {
+    /// `devices`: (index in the programs, name). `loaded` is the log as it was at start;
+    /// `history` records of each kind are kept for the API.
+    pub fn new(
+        registry: &Registry,
+        config: Config,
+        devices: &[(u32, String)],
+        (store, loaded): (Store, Loaded),
+        history: usize,
+        counters: Option<Arc<MapSet>>,
+    ) -> Result<Self> {
         let metrics = Metrics::new(registry)?;
-        let mut history = History::default();
+        let mut history = History::new(history);
         loaded.records.iter().for_each(|r| history.add(r));
         let frames_of = |name: &str| loaded.records.iter().filter(|r| matches!(r, Record::Frame(f) if f.device == name)).count();
         let names: Vec<(u8, String, usize)> = devices.iter().map(|(i, n)| (*i as u8, n.clone(), frames_of(n))).collect();
@@ -447,6 +462,16 @@ mod tests {
         assert_eq!(percent_decode("echo%zz%4"), "echo%zz%4");
     }
 
+    #[test]
+    fn history_keeps_the_latest() {
+        let mut q = VecDeque::new();
+        (0..5).for_each(|i| push_bounded(&mut q, i, 3));
+        assert_eq!(q, [2, 3, 4]);
+        let mut none = VecDeque::new();
+        push_bounded(&mut none, 1, 0);
+        assert!(none.is_empty());
+    }
+
     /// `POST /api/devices/muted` (prefix and suffix overlap) once panicked slicing the path;
     /// found by the `api` fuzz target.
     #[test]
@@ -454,7 +479,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("echo-live-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (store, loaded) = Store::open(&dir).unwrap();
-        let live = Live::new(&Registry::new(), Config::default(), &[(0, "echo".into())], store, loaded, None).unwrap();
+        let live = Live::new(&Registry::new(), Config::default(), &[(0, "echo".into())], (store, loaded), 10, None).unwrap();
         assert_eq!(live.handle(&Method::Post, "/api/devices/muted", "", "true"), None, "not an endpoint");
         for p in ["/api/devices//muted", "/api/devices/x/muted"] {
             assert_eq!(live.handle(&Method::Post, p, "", "true").map(|r| r.0), Some(404), "{p}");

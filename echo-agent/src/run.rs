@@ -108,7 +108,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         groups: args.activation.groups(),
         muted: Vec::new(),
     };
-    let live = Arc::new(Live::new(&registry, config, &devices, store, loaded, Some(maps))?);
+    let live = Arc::new(Live::new(&registry, config, &devices, (store, loaded), args.api_history, Some(maps))?);
     let sink = live.clone();
     events::spawn(rings, move |item| sink.on_item(item)).context("starting the event reader")?;
     let scheme = if web_config.as_ref().is_some_and(|c| c.tls.is_some()) { "https" } else { "http" };

@@ -61,12 +61,7 @@ impl WebConfig {
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
         let invalid = |why: String| WebConfigError::Invalid(path.to_path_buf(), why);
         let text = std::fs::read_to_string(path).map_err(|e| WebConfigError::Read(path.to_path_buf(), e.to_string()))?;
-        // An empty file is a valid configuration with nothing in it.
-        let file: File = if text.trim().is_empty() {
-            File { tls_server_config: None, basic_auth_users: BTreeMap::new() }
-        } else {
-            serde_yaml_ng::from_str(&text).map_err(|e| invalid(e.to_string()))?
-        };
+        let file = parse(&text).map_err(invalid)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let tls = match file.tls_server_config {
             Some(t) => Some(Arc::new(server_config(dir, &t).map_err(invalid)?)),

@@ -14,7 +14,7 @@ fn live() -> &'static Live {
         std::fs::create_dir_all(&dir).expect("state dir");
         let (store, loaded) = Store::open(&dir).expect("store");
         let registry = prometheus::Registry::new();
-        Live::new(&registry, Config::default(), &[(0, "echo".to_string())], store, loaded, None).expect("live")
+        Live::new(&registry, Config::default(), &[(0, "echo".to_string())], (store, loaded), 1_000, None).expect("live")
     })
 }
 

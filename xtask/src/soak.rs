@@ -34,15 +34,16 @@ use crate::{
 /// The soak `cargo xtask test` runs.
 pub const TEST_MINUTES: f64 = 3.0;
 
+/// Records of each kind the soaked agent keeps for its API: full within the warm-up.
+const API_HISTORY: usize = 4;
+
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const CHURN_EVERY: Duration = Duration::from_secs(2);
 /// Distinct SNI names the churn cycles through.
 const CHURN_NAMES: usize = 50;
 /// Samples before this are warm-up (allocator arenas, the first flows and names).
 const WARM_UP: Duration = Duration::from_secs(60);
-/// Heap growth over an hour, at the fitted slope, that counts as flat: a voice interaction and
-/// its frame kept in the API's history (bounded, `live::MAX_HISTORY`) are about 1 KiB, and
-/// the household here has one every 7 s (real ones: a few an hour).
+/// Heap growth over an hour, at the fitted slope, that counts as flat.
 const HEAP_NOISE_KIB: f64 = 1024.0;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -101,7 +102,10 @@ pub fn run(bin: &Path, minutes: f64) -> Result<(String, bool)> {
     let churn_server = tls_addr(server_v4(1));
     let _churn = TlsServer::start(&topo, vec![churn_server], 1_000)?;
     let state = crate::agent::state_dir(&format!("{}-soak", topo.id));
-    let flags = echo_sim::agent_flags(&state);
+    // The API's history is bounded (`--api-history`); kept small here so it is full after the
+    // warm-up and any growth left is a leak.
+    let mut flags = echo_sim::agent_flags(&state);
+    flags.extend(["--api-history".to_string(), API_HISTORY.to_string()]);
     let agent = Agent::start(bin, &topo, &flags.iter().map(String::as_str).collect::<Vec<_>>())?;
 
     let house = Household { lead_in: Duration::from_secs(4), trickle: false, muted_upload: false, ..Default::default() };
