@@ -370,13 +370,7 @@ mod tests {
         let a = simple_dns::rdata::A { address: 1 };
         p.answers.push(simple_dns::ResourceRecord::new(simple_dns::Name::new_unchecked("b.example"), simple_dns::CLASS::IN, 9, RData::A(a)));
         let seeds = [client_hello("avs-alexa-12-na.amazon.com"), p.build_bytes_vec_compressed().unwrap()];
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xtask::packets::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut names = 0;
         for i in 0..200_000u64 {
             let mut v = seeds[(i % 2) as usize].clone();

@@ -267,13 +267,7 @@ fn malformed_frames_always_pass() {
         flow(&tls_stream(&[(APP, 500)]), &[], &[], |f| f.vlans = vec![(0x8100, 3)]),
     ]
     .concat();
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xtask::packets::xorshift(0x9e37_79b9_7f4a_7c15u64);
     for i in 0..100_000u32 {
         let mut f = if i % 10 == 0 {
             // Random bytes behind the device's MAC.

@@ -119,13 +119,7 @@ fn mutated_client_hellos_and_dns_responses_are_harmless() {
     let mut progs = load();
     let ch = client_hello(HOST).unwrap();
     let dns = dns_response();
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xtask::packets::xorshift(0x2545_f491_4f6c_dd1du64);
     let mut mutate = |seed: &[u8]| {
         let mut p = seed.to_vec();
         for _ in 0..(1 + next() % 6) {

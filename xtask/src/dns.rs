@@ -8,7 +8,6 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    thread,
     time::Duration,
 };
 
@@ -18,7 +17,7 @@ use simple_dns::{
     Name, Packet, PacketFlag, Question, ResourceRecord, CLASS, QCLASS, QTYPE, TYPE,
 };
 
-use crate::netns::{server_v4, spawn_in, Topology};
+use crate::netns::{server_v4, Service, Topology};
 
 /// Where the topology's DNS server listens: port 53 on the third cloud server address.
 pub fn dns_addr() -> SocketAddr {
@@ -34,43 +33,22 @@ pub enum Rr {
 
 /// The server; stops when dropped.
 pub struct DnsServer {
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<()>>,
+    _service: Service,
 }
 
 impl DnsServer {
     pub fn start(topo: &Topology, addr: SocketAddr, zone: Vec<Rr>) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let handle = spawn_in(&topo.cloud_ns, move || {
-            let sock = match UdpSocket::bind(addr).and_then(|s| s.set_read_timeout(Some(Duration::from_millis(100))).map(|()| s)) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
+        let bind = move || UdpSocket::bind(addr).and_then(|s| s.set_read_timeout(Some(Duration::from_millis(100))).map(|()| s));
+        let serve = move |sock: UdpSocket, stop: Arc<AtomicBool>| {
             let mut buf = [0u8; 512];
-            while !stop2.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let Ok((n, peer)) = sock.recv_from(&mut buf) else { continue };
                 if let Some(reply) = answer(&buf[..n], &zone) {
                     let _ = sock.send_to(&reply, peer);
                 }
             }
-        })?;
-        ready_rx.recv_timeout(Duration::from_secs(5)).context("DNS server did not start")?.context("binding in the cloud namespace")?;
-        Ok(DnsServer { stop, handle: Some(handle) })
-    }
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        };
+        Ok(DnsServer { _service: Service::start(&topo.cloud_ns, "DNS server", bind, serve)? })
     }
 }
 

@@ -16,8 +16,12 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    },
     thread,
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -325,6 +329,47 @@ pub fn spawn_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
         bail!("cannot enter namespace {ns}");
     }
     Ok(handle)
+}
+
+/// A server thread in a namespace: its sockets are bound before `start` returns (so no test
+/// races its first request), and it is stopped and joined when dropped.
+pub struct Service {
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Service {
+    /// `bind` in namespace `ns`, then `serve` until the flag it is given turns true.
+    pub fn start<S: 'static>(
+        ns: &str,
+        what: &str,
+        bind: impl FnOnce() -> std::io::Result<S> + Send + 'static,
+        serve: impl FnOnce(S, Arc<AtomicBool>) + Send + 'static,
+    ) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = spawn_in(ns, move || match bind() {
+            Ok(s) => {
+                let _ = ready_tx.send(Ok(()));
+                serve(s, stop2);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        })?;
+        ready_rx.recv_timeout(Duration::from_secs(5)).with_context(|| format!("{what} did not start"))?.with_context(|| format!("{what}: binding in {ns}"))?;
+        Ok(Service { stop, handle: Some(handle) })
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Deletes namespaces, and agents' pin directories for their interfaces, left by test

@@ -140,3 +140,15 @@ pub fn udp_v4(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], ports: (u16,
     f.extend_from_slice(payload);
     f
 }
+
+/// A xorshift64 generator from `seed` (non-zero): the deterministic mutations of the
+/// fixtures' fuzz loops, reproducible run after run.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}

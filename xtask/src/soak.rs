@@ -41,10 +41,13 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const CHURN_EVERY: Duration = Duration::from_secs(2);
 /// Distinct SNI names the churn cycles through.
 const CHURN_NAMES: usize = 50;
-/// Samples before this are warm-up (allocator arenas, the first flows and names).
-const WARM_UP: Duration = Duration::from_secs(60);
-/// Heap growth over an hour, at the fitted slope, that counts as flat.
-const HEAP_NOISE_KIB: f64 = 1024.0;
+/// Warm-up: the first half of the run, at least this long (allocator arenas and the API's
+/// bounded history fill, the first flows and names arrive; the heap's growth slows down).
+const MIN_WARM_UP: Duration = Duration::from_secs(60);
+/// Heap growth after the warm-up, at the fitted slope over that half, that still counts as
+/// flat: 16 pages. A leak of 100 bytes per event, at the ~9 events a second of this
+/// household and its churn, grows the heap by ~75 KiB in a 3-minute soak's second half.
+const HEAP_NOISE_KIB: f64 = 64.0;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
@@ -156,22 +159,25 @@ pub fn run(bin: &Path, minutes: f64) -> Result<(String, bool)> {
 }
 
 fn verdict(samples: &[Sample], minutes: f64, commands: usize, interactions: f64, connections: u64) -> (String, bool) {
-    let warm = WARM_UP.as_secs_f64().min(minutes * 60.0 / 3.0);
+    let warm = MIN_WARM_UP.as_secs_f64().max(minutes * 60.0 / 2.0);
     let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= warm).collect();
     let xs: Vec<f64> = after.iter().map(|s| s.at).collect();
     let col = |f: fn(&Sample) -> f64| after.iter().map(|s| f(s)).collect::<Vec<f64>>();
     let spread = |v: &[f64]| v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min);
     let (heap_slope, heap_se) = slope(&xs, &col(|s| s.heap_kib));
-    let (heap_hour, heap_se_hour) = (heap_slope * 3600.0, heap_se * 3600.0);
+    let window = xs.last().copied().unwrap_or(0.0) - xs.first().copied().unwrap_or(0.0);
+    let heap_growth = heap_slope * window;
+    let heap_hour = heap_slope * 3600.0;
     let rss_hour = slope(&xs, &col(|s| s.rss_kib)).0 * 3600.0;
     let (fds, threads) = (col(|s| s.fds), col(|s| s.threads));
     let max = |f: fn(&Sample) -> f64| samples.iter().map(f).fold(0.0, f64::max);
     let checks = [
         (
             format!(
-                "heap (RssAnon) slope after warm-up: {heap_hour:+.0} ± {heap_se_hour:.0} KiB/hour (flat: within ±{HEAP_NOISE_KIB:.0}, or within two standard errors of 0); all of RSS: {rss_hour:+.0} KiB/hour"
+                "heap (RssAnon) after warm-up ({warm:.0} s): {heap_growth:+.0} KiB over {window:.0} s at the fitted slope ({heap_hour:+.0} ± {:.0} KiB/hour; flat: at most +{HEAP_NOISE_KIB:.0} KiB); all of RSS: {rss_hour:+.0} KiB/hour",
+                heap_se * 3600.0
             ),
-            heap_hour.abs() <= HEAP_NOISE_KIB || heap_hour.abs() <= 2.0 * heap_se_hour,
+            heap_growth <= HEAP_NOISE_KIB,
         ),
         (format!("open file descriptors after warm-up: spread {}", spread(&fds)), spread(&fds) == 0.0),
         (format!("threads after warm-up: spread {}", spread(&threads)), spread(&threads) == 0.0),

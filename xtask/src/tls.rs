@@ -20,7 +20,7 @@ use rustls::{
     DigitallySignedStruct, SignatureScheme,
 };
 
-use crate::netns::{spawn_in, Topology};
+use crate::netns::{spawn_in, Service, Topology};
 
 pub const SERVER_NAME: &str = "echo.test";
 
@@ -74,8 +74,7 @@ pub(crate) fn provider_with(suite: rustls::SupportedCipherSuite) -> Arc<CryptoPr
 /// client's close_notify and answers with `response` bytes; the simulated Echo's cloud
 /// (`echo_sim::Cloud`) brings its own handler.
 pub struct TlsServer {
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<()>>,
+    _service: Service,
 }
 
 impl TlsServer {
@@ -89,26 +88,16 @@ impl TlsServer {
         handler: impl Fn(TcpStream, Arc<rustls::ServerConfig>, &AtomicBool) -> Result<()> + Send + Sync + Clone + 'static,
     ) -> Result<Self> {
         let config = server_config()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let handle = spawn_in(&topo.cloud_ns, move || {
-            let bound: std::io::Result<Vec<TcpListener>> =
-                addrs.iter().map(|a| TcpListener::bind(a).and_then(|l| l.set_nonblocking(true).map(|()| l))).collect();
-            let listeners = match bound {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            while !stop2.load(Ordering::Relaxed) {
+        let bind = move || -> std::io::Result<Vec<TcpListener>> {
+            addrs.iter().map(|a| TcpListener::bind(a).and_then(|l| l.set_nonblocking(true).map(|()| l))).collect()
+        };
+        let serve = move |listeners: Vec<TcpListener>, stop: Arc<AtomicBool>| {
+            while !stop.load(Ordering::Relaxed) {
                 let mut idle = true;
                 for l in &listeners {
                     if let Ok((sock, _)) = l.accept() {
                         idle = false;
-                        let (config, stop, handler) = (config.clone(), stop2.clone(), handler.clone());
+                        let (config, stop, handler) = (config.clone(), stop.clone(), handler.clone());
                         thread::spawn(move || {
                             let _ = handler(sock, config, &stop);
                         });
@@ -118,18 +107,8 @@ impl TlsServer {
                     thread::sleep(Duration::from_millis(5));
                 }
             }
-        })?;
-        ready_rx.recv_timeout(Duration::from_secs(5)).context("TLS server did not start")?.context("binding in the cloud namespace")?;
-        Ok(TlsServer { stop, handle: Some(handle) })
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        };
+        Ok(TlsServer { _service: Service::start(&topo.cloud_ns, "TLS server", bind, serve)? })
     }
 }
 
