@@ -12,14 +12,14 @@ use crate::{
     activation::{Interaction, Params, Reason, Tracker, Unexpected},
     clock::Clock,
     events::Item,
-    frames::{Frame, FrameCutter, Upload},
+    frames::{Frame, FrameCutter, Trial, Upload},
     markers::{MarkerSpec, Role},
     names::{self, Groups, NameTable, NO_GROUP},
     replay::addr_ip,
 };
 
 /// What the session is told besides events.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Marker addresses by slot (the order given to the programs).
     pub markers: Vec<MarkerSpec>,
@@ -31,6 +31,25 @@ pub struct Config {
     /// Spans (epoch seconds) the microphone was muted, for every device: replay's stand-in
     /// for the live API's mute switch.
     pub muted: Vec<(f64, f64)>,
+    /// How long a frame waits for `response_start` after `command_end`, and for
+    /// `response_end` after `response_start`.
+    pub response_timeout: std::time::Duration,
+}
+
+/// `Config::response_timeout` unless told otherwise (`--response-timeout`).
+pub const DEFAULT_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            markers: Vec::new(),
+            arms: Vec::new(),
+            params: Params::default(),
+            groups: Groups::default(),
+            muted: Vec::new(),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
 }
 
 /// One line of the interaction log, and one result of the session.
@@ -72,7 +91,7 @@ impl Session {
                 let state = DeviceState {
                     name: name.clone(),
                     tracker: Tracker::new(name, config.params, &config.groups, clock),
-                    cutter: FrameCutter::new(name, &config.arms, &config.groups, clock, *next_frame),
+                    cutter: FrameCutter::new(name, &config.arms, &config.groups, clock, *next_frame, config.response_timeout),
                 };
                 (*i, state)
             })
@@ -109,12 +128,9 @@ impl Session {
             EVENT_MARKER => {
                 let Some(role) = self.config.markers.get(e.marker as usize).map(|m| m.role) else { return };
                 self.marker_last.insert(role, self.clock.secs(e.ts_ns));
-                for (&i, d) in self.devices.iter_mut() {
+                for d in self.devices.values_mut() {
                     d.tracker.marker(e.ts_ns, role);
-                    if let Some(mut f) = d.cutter.marker(e.ts_ns, role) {
-                        f.top_destination_name = name_of(&self.names, i, f.top_destination);
-                        self.records.push(Record::Frame(f));
-                    }
+                    d.cutter.marker(e.ts_ns, role);
                 }
             }
             EVENT_APP_DATA => {
@@ -128,6 +144,7 @@ impl Session {
                     d.cutter.upload(&u);
                 } else {
                     d.tracker.download(e.ts_ns, e.bytes as u64, e.records as u64);
+                    d.cutter.download(e.ts_ns, e.bytes as u64);
                 }
             }
             _ => {}
@@ -148,7 +165,10 @@ impl Session {
 
     /// Advances every device's time to `now_ns` (windows close without traffic).
     pub fn tick(&mut self, now_ns: u64) {
-        self.devices.values_mut().for_each(|d| d.tracker.tick(now_ns));
+        self.devices.values_mut().for_each(|d| {
+            d.tracker.tick(now_ns);
+            d.cutter.tick(now_ns);
+        });
         self.names.sweep(now_ns);
     }
 
@@ -162,6 +182,14 @@ impl Session {
         true
     }
 
+    /// The device's next frame belongs to `trial` (an experiment runner's announcement);
+    /// false for an unknown device.
+    pub fn announce(&mut self, name: &str, trial: Trial) -> bool {
+        let Some(d) = self.devices.values_mut().find(|d| d.name == name) else { return false };
+        d.cutter.announce(trial);
+        true
+    }
+
     /// Sets a device's microphone state without recording it (the state read back from the
     /// log at start); false for an unknown device.
     pub fn restore_muted(&mut self, name: &str, now_ns: u64, muted: bool) -> bool {
@@ -172,7 +200,10 @@ impl Session {
 
     /// Closes every open window and run (end of a replay, or shutdown).
     pub fn finish(&mut self) {
-        self.devices.values_mut().for_each(|d| d.tracker.finish());
+        self.devices.values_mut().for_each(|d| {
+            d.tracker.finish();
+            d.cutter.finish();
+        });
     }
 
     /// Results since the last call, in the order they were completed per kind.
@@ -184,12 +215,21 @@ impl Session {
                 out.push(Record::Interaction(x));
             }
             out.extend(d.tracker.unexpected.drain(..).map(Record::Unexpected));
+            for mut f in d.cutter.done.drain(..) {
+                f.top_destination_name = name_of(&self.names, i, f.top_destination);
+                out.push(Record::Frame(f));
+            }
         }
         out
     }
 
     pub fn devices(&self) -> impl Iterator<Item = &DeviceState> {
         self.devices.values()
+    }
+
+    /// Devices with their index in the programs.
+    pub fn indexed_devices(&self) -> impl Iterator<Item = (u8, &DeviceState)> {
+        self.devices.iter().map(|(i, d)| (*i, d))
     }
 
     pub fn device(&self, index: u8) -> Option<&DeviceState> {

@@ -53,6 +53,52 @@ pub enum Command {
         #[command(flatten)]
         activation: ActivationArgs,
     },
+    /// Run an experiment plan's trials against a running agent: marker pings, the player,
+    /// the device's response (see the plan format in the README).
+    Experiment(ExperimentArgs),
+    /// The research report of an experiment, from an interaction log or a replay JSON.
+    Report {
+        /// The agent's interaction log (STATE_DIR/interactions.jsonl) or `replay` JSON output.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Only frames of this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only frames that started at or after this time (epoch seconds).
+        #[arg(long, default_value_t = 0.0)]
+        since: f64,
+        /// The arm parameter responses are classified by.
+        #[arg(long, default_value = "gap_s")]
+        class_by: String,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExperimentArgs {
+    /// The plan (TOML): arms, repetitions, reset pause, interleaving, player, response rule.
+    #[arg(long)]
+    pub plan: PathBuf,
+    /// The device under test, by its name in the agent (`--device MAC=NAME`).
+    #[arg(long)]
+    pub device: String,
+    /// The running agent's API.
+    #[arg(long, default_value = "http://127.0.0.1:9977")]
+    pub api: String,
+    /// A marker address and its role, IP=ROLE, as given to the agent; command_start and
+    /// command_end are needed, response_start and response_end are pinged when given.
+    #[arg(long = "marker", value_name = "IP=ROLE")]
+    pub markers: Vec<MarkerSpec>,
+    /// Where progress is saved (experiment-PLAN.json), so an interrupted run resumes.
+    #[arg(long, default_value = "/var/lib/echo-agent")]
+    pub state_dir: PathBuf,
+    /// Start from the first trial, whatever progress was saved.
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// Analysis parameters shared by `run` and `replay`: activation windows (see `activation`)
@@ -81,6 +127,10 @@ pub struct ActivationArgs {
     /// e.g. amazon.com=alexa. Repeat for several; the longest suffix wins.
     #[arg(long = "group", value_name = "SUFFIX=GROUP", value_parser = crate::names::parse_group)]
     pub groups: Vec<(String, String)>,
+    /// Seconds a marker-framed trial waits for response_start after command_end (else: no
+    /// response), and for response_end after response_start.
+    #[arg(long, default_value_t = crate::analysis::DEFAULT_RESPONSE_TIMEOUT.as_secs_f64())]
+    pub response_timeout: f64,
 }
 
 impl ActivationArgs {
@@ -95,6 +145,12 @@ impl ActivationArgs {
                 min_interval: d(self.heartbeat_min_interval),
             },
         }
+    }
+
+    /// The analysis configuration these flags and the given markers, arms and muted spans make.
+    pub fn config(&self, markers: Vec<MarkerSpec>, arms: Vec<String>, muted: Vec<(f64, f64)>) -> crate::analysis::Config {
+        let response_timeout = std::time::Duration::from_secs_f64(self.response_timeout.max(0.0));
+        crate::analysis::Config { markers, arms, params: self.params(), groups: self.groups(), muted, response_timeout }
     }
 
     pub fn groups(&self) -> crate::names::Groups {
@@ -172,6 +228,14 @@ impl std::str::FromStr for MutedSpan {
         }
         Ok(span)
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+    Html,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -60,13 +60,49 @@ fn max_entry<K: Copy>(m: &BTreeMap<K, u64>) -> (Option<K>, u64) {
     m.iter().fold((None, 0), |best, (k, &b)| if b > best.1 || best.0.is_none() { (Some(*k), b) } else { best })
 }
 
+/// How the device answered a trial, from the markers: no `response_start` within the
+/// response timeout; a response that began after the input ended (`command_end`: the whole
+/// input, postfix included, was taken as the command); or one that began while the input
+/// still played (the device found the end of the command, the seed paper's correct reply).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    #[default]
+    None,
+    AfterInput,
+    Early,
+}
+
+impl Response {
+    pub const ALL: [Response; 3] = [Response::None, Response::AfterInput, Response::Early];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Response::None => "none",
+            Response::AfterInput => "after_input",
+            Response::Early => "early",
+        }
+    }
+}
+
+/// What an experiment runner announces before a trial (`POST /api/devices/{name}/trial`):
+/// the next frame's arm and the arm's numeric parameters, instead of the rotation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trial {
+    pub arm: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, f64>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
     pub device: String,
     /// The device's frames are numbered from 0 (across restarts of the live agent).
     pub index: usize,
     pub arm: String,
-    /// Epoch seconds (capture time in replay).
+    /// Epoch seconds (capture time in replay): `command_start`, and `response_start` (or,
+    /// without a response, `command_end`).
     pub start: f64,
     pub end: f64,
     pub top_destination: Option<IpAddr>,
@@ -83,132 +119,178 @@ pub struct Frame {
     /// Events were dropped while it was open (see `Interaction::degraded`).
     #[serde(default)]
     pub degraded: bool,
+    /// The announced arm's parameters (empty when arms rotate).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, f64>,
+    /// Epoch seconds of the other markers within the trial.
+    #[serde(default)]
+    pub command_end: Option<f64>,
+    #[serde(default)]
+    pub response_start: Option<f64>,
+    #[serde(default)]
+    pub response_end: Option<f64>,
+    #[serde(default)]
+    pub response: Response,
+    /// App data the device downloaded from `start` to the response's end (all
+    /// destinations): the size of the answer.
+    #[serde(default)]
+    pub download_bytes: u64,
 }
 
-/// Cuts one device's uploads into frames as events arrive, in time order: a frame opens at
-/// `command_start` (a later one restarts it) and closes at the next `response_start`; one
-/// with no `response_start` is never reported. Arms rotate over `arms` by frame index
-/// ("all" when none are given).
+/// A frame being cut. Times in nanoseconds.
+struct Open {
+    start: u64,
+    sums: DestSums,
+    degraded: bool,
+    trial: Option<Trial>,
+    command_end: Option<u64>,
+    response_start: Option<u64>,
+    response_end: Option<u64>,
+    download: u64,
+}
+
+/// Cuts one device's traffic into frames as events arrive, in time order. A frame opens at
+/// `command_start`; its upload is summed until `response_start`, its download until
+/// `response_end`. It closes once both `command_end` and `response_end` were seen (or at
+/// the next `command_start`, or `timeout` after `command_end` or `response_start` with
+/// nothing further, or at `finish`); a frame with neither `command_end` nor
+/// `response_start` is never reported (the controller restarted it). Arms come from an
+/// announced `Trial`, else rotate over `arms` by frame index ("all" when none are given).
 pub struct FrameCutter {
     device: String,
     arms: Vec<String>,
     clock: Clock,
     next_index: usize,
     groups: Groups,
-    /// Start, sums, degraded.
-    open: Option<(u64, DestSums, bool)>,
+    timeout: u64,
+    announced: Option<Trial>,
+    open: Option<Open>,
+    /// Closed frames, for the caller to take.
+    pub done: Vec<Frame>,
 }
 
 impl FrameCutter {
-    pub fn new(device: &str, arms: &[String], groups: &Groups, clock: Clock, next_index: usize) -> Self {
-        FrameCutter { device: device.to_string(), arms: arms.to_vec(), clock, next_index, groups: groups.clone(), open: None }
+    pub fn new(device: &str, arms: &[String], groups: &Groups, clock: Clock, next_index: usize, timeout: std::time::Duration) -> Self {
+        FrameCutter {
+            device: device.to_string(),
+            arms: arms.to_vec(),
+            clock,
+            next_index,
+            groups: groups.clone(),
+            timeout: timeout.as_nanos() as u64,
+            announced: None,
+            open: None,
+            done: Vec::new(),
+        }
+    }
+
+    /// The next frame's arm and parameters.
+    pub fn announce(&mut self, trial: Trial) {
+        self.announced = Some(trial);
     }
 
     pub fn upload(&mut self, u: &Upload) {
-        if let Some((start, sums, _)) = &mut self.open {
-            if u.ts_ns >= *start {
-                sums.add(u);
+        if let Some(o) = &mut self.open {
+            if u.ts_ns >= o.start && o.response_start.is_none() {
+                o.sums.add(u);
+            }
+        }
+    }
+
+    pub fn download(&mut self, ts_ns: u64, bytes: u64) {
+        if let Some(o) = &mut self.open {
+            if ts_ns >= o.start && o.response_end.is_none() {
+                o.download += bytes;
             }
         }
     }
 
     /// Events were lost: the open frame, if any, is degraded.
     pub fn degrade(&mut self) {
-        if let Some((_, _, d)) = &mut self.open {
-            *d = true;
+        if let Some(o) = &mut self.open {
+            o.degraded = true;
         }
     }
 
-    pub fn marker(&mut self, ts_ns: u64, role: Role) -> Option<Frame> {
+    pub fn marker(&mut self, ts_ns: u64, role: Role) {
         match role {
-            Role::CommandStart => self.open = Some((ts_ns, DestSums::default(), false)),
-            Role::ResponseStart => {
-                let (start, sums, degraded) = self.open.take()?;
-                let index = self.next_index;
-                self.next_index += 1;
-                let top = sums.top(&self.groups);
-                let arm = if self.arms.is_empty() { "all".to_string() } else { self.arms[index % self.arms.len()].clone() };
-                return Some(Frame {
-                    device: self.device.clone(),
-                    index,
-                    arm,
-                    start: self.clock.secs(start),
-                    end: self.clock.secs(ts_ns),
-                    top_destination: top.destination,
-                    upload_bytes: top.destination_bytes,
-                    top_destination_name: None,
-                    top_group: top.group,
-                    top_group_upload_bytes: top.group_bytes,
-                    degraded,
-                });
+            Role::CommandStart => {
+                self.close();
+                let trial = self.announced.take();
+                self.open = Some(Open { start: ts_ns, sums: DestSums::default(), degraded: false, trial, command_end: None, response_start: None, response_end: None, download: 0 });
             }
-            Role::CommandEnd | Role::ResponseEnd => {}
+            Role::CommandEnd => {
+                if let Some(o) = self.open.as_mut().filter(|o| o.command_end.is_none()) {
+                    o.command_end = Some(ts_ns);
+                }
+            }
+            Role::ResponseStart => {
+                if let Some(o) = self.open.as_mut().filter(|o| o.response_start.is_none()) {
+                    o.response_start = Some(ts_ns);
+                }
+            }
+            Role::ResponseEnd => {
+                if let Some(o) = self.open.as_mut().filter(|o| o.response_start.is_some() && o.response_end.is_none()) {
+                    o.response_end = Some(ts_ns);
+                }
+            }
         }
-        None
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ArmStats {
-    pub arm: String,
-    pub n: usize,
-    pub kept: usize,
-    pub mean: f64,
-    /// Sample standard deviation (n − 1) of the kept values; 0 with fewer than two.
-    pub sd: f64,
-    pub median: f64,
-}
-
-/// Per arm, in order of first appearance: the IQR filter, then mean, SD and median.
-pub fn arm_stats(frames: &[Frame]) -> Vec<ArmStats> {
-    let mut arms: Vec<(String, Vec<f64>)> = Vec::new();
-    for f in frames {
-        match arms.iter_mut().find(|(a, _)| *a == f.arm) {
-            Some((_, v)) => v.push(f.upload_bytes as f64),
-            None => arms.push((f.arm.clone(), vec![f.upload_bytes as f64])),
+        if self.open.as_ref().is_some_and(|o| o.command_end.is_some() && o.response_end.is_some()) {
+            self.close();
         }
     }
-    arms.into_iter()
-        .map(|(arm, values)| {
-            let kept = iqr_filter(&values);
-            ArmStats { arm, n: values.len(), kept: kept.len(), mean: mean(&kept), sd: sd(&kept), median: quantile(&kept, 0.5) }
-        })
-        .collect()
-}
 
-/// Keeps x when Q1 − 1.5·IQR < x < Q3 + 1.5·IQR (strict, as the paper states). Values inside
-/// the box (Q1 ≤ x ≤ Q3) are never outliers: that matters only when IQR = 0 (one value, or
-/// identical values), where the strict fences alone would drop everything.
-pub fn iqr_filter(values: &[f64]) -> Vec<f64> {
-    let q1 = quantile(values, 0.25);
-    let q3 = quantile(values, 0.75);
-    let iqr = q3 - q1;
-    values.iter().copied().filter(|&x| (q1 - 1.5 * iqr < x && x < q3 + 1.5 * iqr) || (q1 <= x && x <= q3)).collect()
-}
-
-/// The inclusive quantile (Excel's QUARTILE.INC, numpy's default "linear"): position
-/// p·(n − 1) in the sorted values, interpolated. NaN when empty.
-pub fn quantile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
+    /// Advances time: a frame waiting longer than the timeout for a response (or for its
+    /// end) closes.
+    pub fn tick(&mut self, now_ns: u64) {
+        let waiting_since = self.open.as_ref().and_then(|o| if o.response_end.is_some() { None } else { o.response_start.or(o.command_end) });
+        if waiting_since.is_some_and(|t| now_ns.saturating_sub(t) > self.timeout) {
+            self.close();
+        }
     }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let pos = p * (v.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
-}
 
-pub fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
-}
-
-pub fn sd(v: &[f64]) -> f64 {
-    if v.len() < 2 {
-        return 0.0;
+    /// Closes the open frame, if it is one (end of a replay, or shutdown).
+    pub fn finish(&mut self) {
+        self.close();
     }
-    let m = mean(v);
-    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+
+    fn close(&mut self) {
+        let Some(o) = self.open.take() else { return };
+        let Some(end) = o.response_start.or(o.command_end) else { return };
+        let index = self.next_index;
+        self.next_index += 1;
+        let top = o.sums.top(&self.groups);
+        let (arm, params) = match o.trial {
+            Some(t) => (t.arm, t.params),
+            None if self.arms.is_empty() => ("all".to_string(), BTreeMap::new()),
+            None => (self.arms[index % self.arms.len()].clone(), BTreeMap::new()),
+        };
+        let response = match (o.response_start, o.command_end) {
+            (None, _) => Response::None,
+            (Some(r), Some(c)) if r < c => Response::Early,
+            (Some(_), _) => Response::AfterInput,
+        };
+        let secs = |t: Option<u64>| t.map(|t| self.clock.secs(t));
+        self.done.push(Frame {
+            device: self.device.clone(),
+            index,
+            arm,
+            start: self.clock.secs(o.start),
+            end: self.clock.secs(end),
+            top_destination: top.destination,
+            upload_bytes: top.destination_bytes,
+            top_destination_name: None,
+            top_group: top.group,
+            top_group_upload_bytes: top.group_bytes,
+            degraded: o.degraded,
+            params,
+            command_end: secs(o.command_end),
+            response_start: secs(o.response_start),
+            response_end: secs(o.response_end),
+            response,
+            download_bytes: o.download,
+        });
+    }
 }
 
 #[cfg(test)]
@@ -220,37 +302,13 @@ mod tests {
     }
 
     #[test]
-    fn quartiles_are_inclusive() {
-        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
-        assert_eq!(quantile(&v, 0.25), 2.75);
-        assert_eq!(quantile(&v, 0.5), 4.5);
-        assert_eq!(quantile(&v, 0.75), 6.25);
-    }
-
-    #[test]
-    fn a_zero_iqr_keeps_the_box() {
-        assert_eq!(iqr_filter(&[45_000.0]), vec![45_000.0]);
-        assert_eq!(iqr_filter(&[5.0, 5.0, 5.0, 5.0, 100.0]), vec![5.0; 4]);
-    }
-
-    #[test]
-    fn iqr_drops_the_outlier_only() {
-        // Sorted: 44,000 44,500 45,000 45,500 46,000 48,000 90,000. Q1 at position 1.5 =
-        // 44,750; Q3 at 4.5 = 47,000; IQR 2,250: keep 41,375 < x < 50,375.
-        let v = [44_000.0, 45_000.0, 46_000.0, 44_500.0, 45_500.0, 90_000.0, 48_000.0];
-        assert_eq!((quantile(&v, 0.25), quantile(&v, 0.75)), (44_750.0, 47_000.0));
-        assert_eq!(iqr_filter(&v), vec![44_000.0, 45_000.0, 46_000.0, 44_500.0, 45_500.0, 48_000.0]);
-    }
-
-    #[test]
     fn frames_take_the_top_destination_and_rotate_arms() {
         let s = 1_000_000_000u64;
         // 10.0.0.1 and 10.0.0.2 are named in the group "alexa"; 10.0.0.3 in none.
         let up = |t: u64, d: &str, b: u64| Upload { ts_ns: t, dest: ip(d), bytes: b, group: if d == "10.0.0.3" { NO_GROUP } else { 0 } };
         let groups = Groups::new(vec![("amazon.com".into(), "alexa".into())]);
-        let mut c = FrameCutter::new("echo", &["I_1".into(), "I_2".into()], &groups, Clock::Capture, 0);
-        let mut f = Vec::new();
-        let mut marker = |c: &mut FrameCutter, t: u64, r: Role| f.extend(c.marker(t, r));
+        let mut c = FrameCutter::new("echo", &["I_1".into(), "I_2".into()], &groups, Clock::Capture, 0, std::time::Duration::from_secs(30));
+        let marker = |c: &mut FrameCutter, t: u64, r: Role| c.marker(t, r);
         c.upload(&up(s / 2, "10.0.0.1", 999)); // before the frame
         marker(&mut c, s, Role::CommandStart);
         c.upload(&up(s, "10.0.0.1", 30_000));
@@ -265,7 +323,10 @@ mod tests {
         c.upload(&up(12 * s, "10.0.0.1", 44_900));
         marker(&mut c, 13 * s, Role::ResponseStart);
         marker(&mut c, 14 * s, Role::ResponseStart); // no command_start: no frame
-        marker(&mut c, 20 * s, Role::CommandStart); // never answered: no frame
+        marker(&mut c, 20 * s, Role::CommandStart); // closes the second; restarted: no frame
+        marker(&mut c, 21 * s, Role::CommandStart);
+        c.finish();
+        let f = &c.done;
         assert_eq!(f.len(), 2);
         assert_eq!((f[0].arm.as_str(), f[0].top_destination, f[0].upload_bytes), ("I_1", Some(ip("10.0.0.1")), 45_000));
         assert_eq!((f[0].index, f[0].start, f[0].end), (0, 1.0, 4.0));
@@ -275,13 +336,48 @@ mod tests {
     }
 
     #[test]
-    fn arm_summary() {
-        let mk = |arm: &str, b: u64| Frame { device: String::new(), index: 0, arm: arm.into(), start: 0.0, end: 0.0, top_destination: None, upload_bytes: b, ..Frame::default() };
-        let f: Vec<Frame> = [40_000, 42_000, 44_000, 46_000, 200_000].iter().map(|&b| mk("a", b)).collect();
-        let s = &arm_stats(&f)[0];
-        assert_eq!((s.n, s.kept), (5, 4));
-        assert_eq!(s.mean, 43_000.0);
-        assert_eq!(s.median, 43_000.0);
-        assert!((s.sd - 2_581.988_897_471_611).abs() < 1e-6, "{}", s.sd);
+    fn announced_trials_responses_and_timeouts() {
+        let s = 1_000_000_000u64;
+        let up = |t: u64, b: u64| Upload { ts_ns: t, dest: ip("10.0.0.1"), bytes: b, group: NO_GROUP };
+        let mut c = FrameCutter::new("echo", &["rotated".into()], &Groups::default(), Clock::Capture, 7, std::time::Duration::from_secs(5));
+        let trial = |arm: &str, gap: f64| Trial { arm: arm.into(), params: BTreeMap::from([("gap_s".to_string(), gap)]) };
+        // Early: the answer starts before the audio ends; upload after it is not the frame's,
+        // download until response_end is.
+        c.announce(trial("gap-0.8", 0.8));
+        c.marker(s, Role::CommandStart);
+        c.upload(&up(s, 40_000));
+        c.download(2 * s, 15_000);
+        c.marker(2 * s, Role::ResponseStart);
+        c.upload(&up(2 * s, 99));
+        c.download(3 * s, 5_034);
+        c.marker(3 * s, Role::ResponseEnd);
+        assert!(c.done.is_empty(), "waits for command_end");
+        c.marker(4 * s, Role::CommandEnd);
+        c.download(5 * s, 1); // after the frame
+        // No response: closes `timeout` after command_end.
+        c.announce(trial("gap-0.1", 0.1));
+        c.marker(10 * s, Role::CommandStart);
+        c.upload(&up(11 * s, 90_000));
+        c.marker(13 * s, Role::CommandEnd);
+        c.tick(18 * s);
+        assert_eq!(c.done.len(), 1, "not yet: {:?}", c.done);
+        c.tick(18 * s + 1);
+        // After the input, unannounced: the rotation; closed by the next command_start.
+        c.marker(20 * s, Role::CommandStart);
+        c.marker(21 * s, Role::CommandEnd);
+        c.marker(22 * s, Role::ResponseStart);
+        c.download(22 * s, 6_017);
+        c.marker(30 * s, Role::CommandStart);
+        let got: Vec<_> = c.done.iter().map(|f| (f.index, f.arm.as_str(), f.response, f.upload_bytes, f.download_bytes, f.end, f.params.get("gap_s").copied())).collect();
+        assert_eq!(
+            got,
+            [
+                (7, "gap-0.8", Response::Early, 40_000, 20_034, 2.0, Some(0.8)),
+                (8, "gap-0.1", Response::None, 90_000, 0, 13.0, Some(0.1)),
+                (9, "rotated", Response::AfterInput, 0, 6_017, 22.0, None),
+            ]
+        );
+        assert_eq!((c.done[0].command_end, c.done[0].response_start, c.done[0].response_end), (Some(4.0), Some(2.0), Some(3.0)));
+        assert_eq!((c.done[2].response_end, c.done[1].response_start), (None, None));
     }
 }

@@ -96,7 +96,7 @@ fn cut(f: &[u8], h: &Headers, out: &mut impl FnMut(&[u8])) {
             buf[h.l3_off + 2..h.l3_off + 4].copy_from_slice(&(l3_len as u16).to_be_bytes());
             let ihl = (buf[h.l3_off] as usize & 0xf) * 4;
             buf[h.l3_off + 10..h.l3_off + 12].copy_from_slice(&[0, 0]);
-            let sum = ipv4_checksum(&buf[h.l3_off..h.l3_off + ihl]);
+            let sum = crate::checksum::internet(&buf[h.l3_off..h.l3_off + ihl]);
             buf[h.l3_off + 10..h.l3_off + 12].copy_from_slice(&sum.to_be_bytes());
         } else {
             buf[h.l3_off + 4..h.l3_off + 6].copy_from_slice(&((l3_len - 40) as u16).to_be_bytes());
@@ -108,14 +108,6 @@ fn cut(f: &[u8], h: &Headers, out: &mut impl FnMut(&[u8])) {
         }
         out(&buf);
     }
-}
-
-fn ipv4_checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]
@@ -149,7 +141,7 @@ mod tests {
             let seq = u32::from_be_bytes(s[38..42].try_into().unwrap());
             assert_eq!(seq, (u32::MAX - 10).wrapping_add((i * mss) as u32));
             assert_eq!(u16::from_be_bytes([s[16], s[17]]) as usize, s.len() - 14);
-            assert_eq!(ipv4_checksum(&s[14..34]), 0, "header checksum verifies");
+            assert_eq!(crate::checksum::internet(&s[14..34]), 0, "header checksum verifies");
             assert_eq!(s[47] & 0x09, if i == 2 { 0x09 } else { 0 });
             payload.extend_from_slice(&s[54..]);
         }

@@ -20,7 +20,8 @@ use crate::{
     clock::{monotonic_ns, Clock},
     counters,
     events::Item,
-    frames::{arm_stats, Frame},
+    frames::{Frame, Trial},
+    stats::arm_stats,
     loader::MapSet,
     names::Source,
     replay::key_ip,
@@ -293,6 +294,12 @@ impl Live {
         }
     }
 
+    /// The destination counters (the flow table is not walked: its size is not needed here).
+    fn dest_counters(&self) -> Result<counters::Snapshot, String> {
+        let Some(maps) = &self.counters else { return Ok(counters::Snapshot::default()) };
+        counters::read_with_flow_entries(&**maps, 0).map_err(|e| format!("reading the counter maps: {e}"))
+    }
+
     /// Every destination of every device with its name and TLS app-data bytes: addresses in
     /// the counter maps, and named addresses that carried no app data yet.
     fn destinations(&self, st: &State) -> Result<Vec<DestinationView>, String> {
@@ -301,13 +308,10 @@ impl Live {
             out.entry((device.to_string(), ip)).or_insert_with(|| DestinationView { device: device.to_string(), ip, name: None, source: None, upload_tls_bytes: 0, download_tls_bytes: 0 })
         }
         let mut out = Views::new();
-        if let Some(maps) = &self.counters {
-            let snap = counters::read(&**maps).map_err(|e| format!("reading the counter maps: {e}"))?;
-            for (k, s) in &snap.dests {
-                let Some(d) = st.session.device(k.device) else { continue };
-                let v = view(&mut out, &d.name, key_ip(k));
-                *(if k.direction == echo_common::DIR_UPLOAD { &mut v.upload_tls_bytes } else { &mut v.download_tls_bytes }) += s.tls_app_bytes;
-            }
+        for (k, s) in &self.dest_counters()?.dests {
+            let Some(d) = st.session.device(k.device) else { continue };
+            let v = view(&mut out, &d.name, key_ip(k));
+            *(if k.direction == echo_common::DIR_UPLOAD { &mut v.upload_tls_bytes } else { &mut v.download_tls_bytes }) += s.tls_app_bytes;
         }
         for (device, ip, e) in st.session.names.iter() {
             let Some(d) = st.session.device(device) else { continue };
@@ -364,6 +368,10 @@ struct DeviceView<'a> {
     activation_active: bool,
     background_upload_bytes: u64,
     unexpected_upload_bytes: BTreeMap<&'static str, u64>,
+    /// TLS app-data bytes, all destinations, from the counter maps at this request: an
+    /// experiment runner watches the download grow to find the device's response.
+    upload_tls_bytes: u64,
+    download_tls_bytes: u64,
 }
 
 impl Api for Live {
@@ -372,8 +380,9 @@ impl Api for Live {
             Ok(s) => s,
             Err(e) => return error(400, &e),
         };
-        // POST /api/devices/{device}/muted
+        // POST /api/devices/{device}/muted and /api/devices/{device}/trial
         let mute_device = path.strip_prefix("/api/devices/").and_then(|d| d.strip_suffix("/muted"));
+        let trial_device = path.strip_prefix("/api/devices/").and_then(|d| d.strip_suffix("/trial"));
         let mut st = self.state();
         let h = &st.history;
         match (method, path) {
@@ -387,19 +396,41 @@ impl Api for Live {
             (Method::Get, "/api/markers") => {
                 json(200, &st.session.marker_last.iter().map(|(r, t)| (r.name(), *t)).collect::<BTreeMap<_, _>>())
             }
-            (Method::Get, "/api/devices") => json(
-                200,
-                &st.session
-                    .devices()
-                    .map(|d| DeviceView {
+            (Method::Get, "/api/devices") => {
+                let snap = match self.dest_counters() {
+                    Ok(s) => s,
+                    Err(e) => return error(500, &e),
+                };
+                let tls = |index: u8, dir: u8| snap.dests.iter().filter(|(k, _)| k.device == index && k.direction == dir).map(|(_, s)| s.tls_app_bytes).sum();
+                let views: Vec<DeviceView> = st
+                    .session
+                    .indexed_devices()
+                    .map(|(i, d)| DeviceView {
                         device: &d.name,
                         muted: d.tracker.muted(),
                         activation_active: d.tracker.is_open(),
                         background_upload_bytes: d.tracker.background_bytes,
                         unexpected_upload_bytes: Reason::ALL.iter().map(|&r| (r.name(), d.unexpected_bytes(r))).collect(),
+                        upload_tls_bytes: tls(i, echo_common::DIR_UPLOAD),
+                        download_tls_bytes: tls(i, echo_common::DIR_DOWNLOAD),
                     })
-                    .collect::<Vec<_>>(),
-            ),
+                    .collect();
+                json(200, &views)
+            }
+            (Method::Post, _) if trial_device.is_some() => {
+                let name = percent_decode(trial_device.unwrap_or_default());
+                let trial: Trial = match serde_json::from_str(body) {
+                    Ok(t) => t,
+                    Err(e) => return error(400, &format!("body must be a trial, {{\"arm\": NAME, \"params\": {{NAME: NUMBER}}}}: {e}")),
+                };
+                if trial.arm.is_empty() || trial.params.values().any(|v| !v.is_finite()) {
+                    return error(400, "a trial needs an arm name and finite parameters");
+                }
+                if !st.session.announce(&name, trial.clone()) {
+                    return error(404, &format!("no device {name:?}"));
+                }
+                json(200, &trial)
+            }
             (Method::Get, "/api/destinations") => match self.destinations(&st) {
                 Ok(v) => json(200, &v),
                 Err(e) => error(500, &e),
@@ -485,6 +516,35 @@ mod tests {
             assert_eq!(live.handle(&Method::Post, p, "", "true").map(|r| r.0), Some(404), "{p}");
         }
         assert_eq!(live.handle(&Method::Post, "/api/devices/echo/muted", "", "true").map(|r| r.0), Some(200));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `POST /api/devices/{device}/trial` names the next frame's arm and parameters.
+    #[test]
+    fn announced_trials_tag_frames() {
+        use echo_common::{Event, EVENT_MARKER};
+        let dir = std::env::temp_dir().join(format!("echo-live-trial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let markers = ["10.0.0.1=command_start", "10.0.0.2=command_end", "10.0.0.3=response_start", "10.0.0.4=response_end"];
+        let config = Config { markers: markers.iter().map(|m| m.parse().unwrap()).collect(), ..Config::default() };
+        let live = Live::new(&Registry::new(), config, &[(0, "echo".into())], Store::open(&dir).unwrap(), 10, None).unwrap();
+        let post = |body: &str| live.handle(&Method::Post, "/api/devices/echo/trial", "", body).map(|r| r.0);
+        assert_eq!(post(r#"{"arm": "gap-0.7", "params": {"gap_s": 0.7}}"#), Some(200));
+        for bad in ["", "{}", r#"{"arm": ""}"#, r#"{"arm": "a", "params": {"x": "y"}}"#, r#"{"arm": "a", "other": 1}"#] {
+            assert_eq!(post(bad), Some(400), "{bad}");
+        }
+        assert_eq!(live.handle(&Method::Post, "/api/devices/nobody/trial", "", r#"{"arm": "a"}"#).map(|r| r.0), Some(404));
+        let now = monotonic_ns();
+        for (slot, t) in [(0u8, now), (1, now + 1_000), (2, now + 2_000), (3, now + 3_000)] {
+            live.on_item(Some(Item::Event(Event { ts_ns: t, kind: EVENT_MARKER, marker: slot, ..Event::default() })));
+        }
+        live.on_item(None);
+        let (status, body) = live.handle(&Method::Get, "/api/frames", "", "").unwrap();
+        let frames: Vec<Frame> = serde_json::from_str(&body).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(frames.iter().map(|f| (f.arm.as_str(), f.params.get("gap_s").copied())).collect::<Vec<_>>(), [("gap-0.7", Some(0.7))]);
+        let (_, devices) = live.handle(&Method::Get, "/api/devices", "", "").unwrap();
+        assert!(devices.contains(r#""upload_tls_bytes":0,"download_tls_bytes":0"#), "{devices}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

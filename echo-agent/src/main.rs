@@ -6,7 +6,7 @@ use clap::Parser as _;
 use echo_agent::{
     attach::AttachError,
     capture::CaptureError,
-    cli::{Cli, Command, Format},
+    cli::{Cli, Command, ExperimentArgs, Format, ReportFormat},
     loader::LoadError,
     pins::{self, PinError},
     replay, run,
@@ -20,6 +20,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             || c.downcast_ref::<run::RunError>().is_some()
             || c.downcast_ref::<echo_agent::store::StoreError>().is_some()
             || c.downcast_ref::<echo_agent::web_config::WebConfigError>().is_some()
+            || c.downcast_ref::<echo_agent::experiment::ExperimentError>().is_some()
+            || c.downcast_ref::<echo_agent::report::ReportError>().is_some()
             || matches!(c.downcast_ref::<PinError>(), Some(PinError::Mount(_)))
             || matches!(c.downcast_ref::<AttachError>(), Some(AttachError::NoSuchInterface(_) | AttachError::Privileges | AttachError::NoDriverMode(_)))
             || matches!(
@@ -48,9 +50,29 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("removed {} from {}", removed.join(", "), pins::dir_for(&iface).display());
             }
         }
+        Command::Experiment(a) => {
+            let ExperimentArgs { plan, device, api, markers, state_dir, restart } = a;
+            let frames = echo_agent::experiment::run(echo_agent::experiment::Options { plan, device, api, markers, state_dir, restart })?;
+            print!("{}", echo_agent::report::table(&echo_agent::report::build(&frames, "gap_s")));
+        }
+        Command::Report { input, format, output, device, since, class_by } => {
+            use echo_agent::report;
+            let frames: Vec<_> = report::load_frames(&input)?.into_iter().filter(|f| device.as_ref().is_none_or(|d| &f.device == d) && f.start >= since).collect();
+            let r = report::build(&frames, &class_by);
+            let text = match format {
+                ReportFormat::Table => report::table(&r),
+                ReportFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
+                ReportFormat::Csv => report::csv(&r),
+                ReportFormat::Html => echo_agent::plots::html(&r, &format!("echo-agent report: {}", input.display())).map_err(anyhow::Error::msg)?,
+            };
+            match output {
+                Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
         Command::Replay { pcap, devices, format, markers, arms, muted, activation } => {
             let muted = muted.iter().map(|s| (s.from, s.to)).collect();
-            let analysis = echo_agent::analysis::Config { markers, arms, params: activation.params(), groups: activation.groups(), muted };
+            let analysis = activation.config(markers, arms, muted);
             let report = replay::replay(&pcap, &devices, &analysis)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string(&report)?),

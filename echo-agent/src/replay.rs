@@ -16,7 +16,8 @@ use crate::{
     counters,
     device::Mac,
     events::{self, Item},
-    frames::{self, ArmStats, Frame},
+    frames::Frame,
+    stats::ArmStats,
     gso,
     loader::Programs,
     names::{NameTable, Source},
@@ -253,7 +254,7 @@ pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64,
                     _ => {}
                 }
             }
-            report.arms = frames::arm_stats(&report.frames);
+            report.arms = crate::stats::arm_stats(&report.frames);
             report
         })
         .collect();

@@ -21,7 +21,6 @@ use prometheus::Registry;
 use thiserror::Error;
 
 use crate::{
-    analysis,
     api::Web,
     attach::{self, Links},
     cli::RunArgs,
@@ -101,13 +100,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let registry = Registry::new();
     registry.register(Box::new(MapCollector::new(maps.clone(), devices.clone(), args.markers.clone(), health.clone(), args.max_destinations)))?;
     registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-    let config = analysis::Config {
-        markers: args.markers.clone(),
-        arms: args.arms.clone(),
-        params: args.activation.params(),
-        groups: args.activation.groups(),
-        muted: Vec::new(),
-    };
+    let config = args.activation.config(args.markers.clone(), args.arms.clone(), Vec::new());
     let live = Arc::new(Live::new(&registry, config, &devices, (store, loaded), args.api_history, Some(maps))?);
     let sink = live.clone();
     events::spawn(rings, move |item| sink.on_item(item)).context("starting the event reader")?;

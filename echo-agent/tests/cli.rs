@@ -233,3 +233,39 @@ fn too_many_devices_and_markers() {
     markers.iter().for_each(|m| args.extend(["--marker", m.as_str()]));
     assert_eq!(agent(&args), (2, "echo-agent: at most 64 marker addresses can be configured, 65 given\n".to_string()));
 }
+
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("echo-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+const MARKERS: [&str; 4] = ["--marker", "192.0.2.1=command_start", "--marker", "192.0.2.2=command_end"];
+
+#[test]
+fn experiment_bad_plans() {
+    let (code, err) = agent(&[&["experiment", "--plan", "/nonexistent/plan.toml", "--device", "echo"][..], &MARKERS].concat());
+    assert_eq!((code, err.trim()), (2, "echo-agent: reading plan /nonexistent/plan.toml: No such file or directory (os error 2)"));
+    let plan = temp_file("plan.toml", "repetitions = 2\n[[arms]]\nname = \"a\"\naudio = \"a.wav\"\nprefix_s = \"long\"\n");
+    let (code, err) = agent(&[&["experiment", "--plan", plan.to_str().unwrap(), "--device", "echo"][..], &MARKERS].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with(&format!("echo-agent: plan {}: invalid type: string \"long\", expected f64", plan.display())), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    std::fs::write(&plan, "repetitions = 2\n[[arms]]\nname = \"a\"\naudio = \"a.wav\"\n").unwrap();
+    let (code, err) = agent(&["experiment", "--plan", plan.to_str().unwrap(), "--device", "echo"]);
+    assert_eq!((code, err.trim()), (2, "echo-agent: no --marker for command_start: the runner pings it"));
+    let (code, err) = agent(&[&["experiment", "--plan", plan.to_str().unwrap(), "--device", "echo", "--api", "localhost:9977"][..], &MARKERS].concat());
+    assert_eq!((code, err.trim()), (2, "echo-agent: --api \"localhost:9977\": expected http://HOST:PORT"));
+    let _ = std::fs::remove_file(&plan);
+}
+
+#[test]
+fn report_bad_inputs() {
+    let (code, err) = agent(&["report", "--input", "/nonexistent/interactions.jsonl"]);
+    assert_eq!((code, err.trim()), (2, "echo-agent: reading /nonexistent/interactions.jsonl: No such file or directory (os error 2)"));
+    let junk = temp_file("junk.jsonl", "this is not a log\n");
+    let (code, err) = agent(&["report", "--input", junk.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&junk);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim(), format!("echo-agent: {}: neither an interaction log (JSON lines) nor a replay report (JSON): no records in it", junk.display()));
+}

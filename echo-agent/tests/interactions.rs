@@ -23,7 +23,8 @@ use echo_agent::{
     activation::{Interaction, Unexpected},
     analysis::Config,
     device::Mac,
-    frames::{ArmStats, Frame},
+    frames::{Frame, Response},
+    stats::ArmStats,
     markers::MarkerSpec,
     names::{parse_group, Groups, Source},
     replay,
@@ -135,6 +136,10 @@ fn assert_frames(name: &str, frames: &[Frame], arms: &[ArmStats], pcap: &Path, t
         assert_eq!((f.index, f.arm.as_str()), (i, ARMS[i % 2]), "{name}: frame {i}");
         assert_eq!((f.top_destination, f.upload_bytes), (Some(*ip), *bytes), "{name}: frame {i} vs tshark");
         assert_eq!(f.upload_bytes, framed[i].upload_bytes, "{name}: frame {i} vs the simulator");
+        // The answer came after the command's end, and is all the app data downloaded.
+        assert_eq!((f.response, f.download_bytes), (Response::AfterInput, framed[i].download_bytes), "{name}: frame {i}");
+        let order = [Some(f.start), f.command_end, f.response_start, f.response_end];
+        assert!(order.iter().all(Option::is_some) && order.windows(2).all(|w| w[0] < w[1]), "{name}: frame {i} markers {order:?}");
         let top = (f.top_destination_name.as_deref(), f.top_group.as_deref(), f.top_group_upload_bytes);
         assert_eq!(top, (Some(echo_sim::ECHO_HOST), Some("alexa"), f.upload_bytes), "{name}: frame {i}");
         // The live clock and the capture's stamp the same packet microseconds apart.
@@ -231,6 +236,7 @@ fn household_interactions_frames_and_flags() {
         },
         groups: Groups::new(vec![parse_group(echo_sim::GROUP).unwrap()]),
         muted: truth.mutes.chunks(2).map(|s| (s[0].0, s[1].0)).collect(),
+        ..Config::default()
     };
     assert_eq!(truth.mutes.iter().map(|m| m.1).collect::<Vec<_>>(), vec![true, false]);
     let report = replay::replay(&pcap, &[Mac(DEVICE_MAC)], &config).expect("replay");

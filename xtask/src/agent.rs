@@ -62,14 +62,24 @@ impl Agent {
         Self::start_full(bin, topo, &[], args, http)
     }
 
+    /// As `start`, listening on `listen` (e.g. the hotspot's LAN address, for a runner in the
+    /// controller namespace).
+    pub fn start_on(bin: &Path, topo: &Topology, listen: SocketAddr, args: &[&str]) -> Result<Self> {
+        Self::start_full_on(bin, topo, &[], args, http::Options::default(), listen)
+    }
+
     fn start_full(bin: &Path, topo: &Topology, wrap: &[&str], args: &[&str], http: http::Options) -> Result<Self> {
+        Self::start_full_on(bin, topo, wrap, args, http, LISTEN.parse().expect("valid"))
+    }
+
+    fn start_full_on(bin: &Path, topo: &Topology, wrap: &[&str], args: &[&str], http: http::Options, listen: SocketAddr) -> Result<Self> {
         let mut a = Agent {
             wrap: wrap.iter().map(|s| s.to_string()).collect(),
             child: None,
             bin: bin.to_path_buf(),
             ns: topo.hotspot_ns.clone(),
             iface: topo.hotspot_lan_if.clone(),
-            listen: LISTEN.parse().expect("valid"),
+            listen,
             args: args.iter().map(|s| s.to_string()).collect(),
             log: std::env::temp_dir().join(format!("echo-{}-agent.log", topo.id)),
             http,
@@ -89,7 +99,7 @@ impl Agent {
     pub fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut c = nsenter(&self.ns);
-        c.args(&self.wrap).arg(&self.bin).args(["run", "--iface", &self.iface, "--web.listen-address", LISTEN]);
+        c.args(&self.wrap).arg(&self.bin).args(["run", "--iface", &self.iface, "--web.listen-address", &self.listen.to_string()]);
         c.args(&self.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         self.child = Some(c.spawn().context("starting echo-agent")?);
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -58,12 +58,13 @@ pub const CLOSE_NOTIFY_RECORD: u64 = 2 + RECORD_OVERHEAD;
 /// Largest TLS plaintext per record.
 const MAX_PLAINTEXT: usize = 16_384;
 
-/// The simulator's messages inside TLS: kind, body length, response length (big endian).
-const HEADER: usize = 9;
+/// The simulator's messages inside TLS: kind, body length, response length (u32), and the
+/// cloud's thinking time before it answers, in milliseconds (u16; all big endian).
+const HEADER: usize = 11;
 const KIND_DATA: u8 = 1;
 /// The last message of a command: the cloud answers with the response length.
 const KIND_LAST: u8 = 2;
-/// The cloud's "thinking" time before it answers a command.
+/// The cloud's "thinking" time before it answers a household's command.
 const RESPONSE_DELAY: Duration = Duration::from_millis(300);
 
 /// Marker roles by index: the agent's `--marker` flags (`marker_flags`) and the pings agree.
@@ -223,12 +224,13 @@ fn answer(sock: TcpStream, config: Arc<rustls::ServerConfig>, stop: &AtomicBool)
         }
         let len = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
         let response = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes")) as usize;
+        let think = Duration::from_millis(u16::from_be_bytes([header[9], header[10]]) as u64);
         let mut body = vec![0u8; len];
         if !read_full(&mut tls, &mut body, stop)? {
             return Ok(());
         }
         if header[0] == KIND_LAST && response > 0 {
-            thread::sleep(RESPONSE_DELAY);
+            thread::sleep(think);
             tls.write_all(&vec![0x5a; response])?;
             tls.flush()?;
         }
@@ -254,7 +256,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8], stop: &AtomicBool) -> Result<boo
     Ok(true)
 }
 
-fn epoch() -> f64 {
+pub(crate) fn epoch() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64()
 }
 
@@ -264,53 +266,77 @@ pub fn sealed(plaintext: usize) -> (u64, u64) {
     (records, plaintext as u64 + records * RECORD_OVERHEAD)
 }
 
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+pub(crate) type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A message that is not the last of a command.
+pub(crate) fn send_data(tls: &mut Tls, record: usize) -> Result<()> {
+    send(tls, KIND_DATA, record, 0, Duration::ZERO)
+}
+
+/// The last message of a command: the cloud answers `response` plaintext bytes (none when 0)
+/// after `think`.
+pub(crate) fn send_last(tls: &mut Tls, record: usize, response: usize, think: Duration) -> Result<()> {
+    send(tls, KIND_LAST, record, response, think)
+}
 
 /// Sends one message as exactly one record of `record` payload bytes.
-fn send(tls: &mut Tls, kind: u8, record: usize, response: usize) -> Result<()> {
+fn send(tls: &mut Tls, kind: u8, record: usize, response: usize, think: Duration) -> Result<()> {
     let plaintext = record.checked_sub(RECORD_OVERHEAD as usize).filter(|p| (HEADER..=MAX_PLAINTEXT).contains(p));
     let Some(plaintext) = plaintext else { bail!("record size {record} out of range") };
     let mut msg = vec![0u8; plaintext];
     msg[0] = kind;
     msg[1..5].copy_from_slice(&((plaintext - HEADER) as u32).to_be_bytes());
     msg[5..9].copy_from_slice(&(response as u32).to_be_bytes());
+    msg[9..11].copy_from_slice(&(think.as_millis().min(u16::MAX as u128) as u16).to_be_bytes());
     tls.write_all(&msg)?;
     tls.flush()?;
     Ok(())
 }
 
+/// From the device namespace: resolves `ECHO_HOST`, checks it names `server`, and opens the
+/// long-lived TLS connection (handshake done).
+pub(crate) fn connect(server: SocketAddr) -> Result<Tls> {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let config = client_config(Version::Tls13, provider_with(suite))?;
+    let resolved = dns::resolve(dns_addr(), ECHO_HOST, server.is_ipv4())?;
+    if !resolved.contains(&server.ip()) {
+        bail!("{ECHO_HOST} resolved to {resolved:?}, not {}", server.ip());
+    }
+    let conn = rustls::ClientConnection::new(config, ServerName::try_from(ECHO_HOST)?)?;
+    let sock = TcpStream::connect_timeout(&server, Duration::from_secs(5)).with_context(|| format!("connect {server}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// Ends the connection with close_notify; returns its record's payload bytes.
+pub(crate) fn close(tls: &mut Tls) -> Result<u64> {
+    tls.conn.send_close_notify();
+    tls.flush()?;
+    Ok(CLOSE_NOTIFY_RECORD)
+}
+
 /// Runs `plan` from the device namespace against the cloud at `server`.
 pub fn run(topo: &Topology, server: SocketAddr, plan: Plan, mut hooks: Hooks) -> Result<thread::JoinHandle<Result<Truth>>> {
     spawn_in(&topo.device_ns, move || -> Result<Truth> {
-        let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
-        let config = client_config(Version::Tls13, provider_with(suite))?;
-        let resolved = dns::resolve(dns_addr(), ECHO_HOST, server.is_ipv4())?;
-        if !resolved.contains(&server.ip()) {
-            bail!("{ECHO_HOST} resolved to {resolved:?}, not {}", server.ip());
-        }
-        let conn = rustls::ClientConnection::new(config, ServerName::try_from(ECHO_HOST)?)?;
-        let sock = TcpStream::connect_timeout(&server, Duration::from_secs(5)).with_context(|| format!("connect {server}"))?;
-        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut tls = rustls::StreamOwned::new(conn, sock);
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock)?;
-        }
+        let mut tls = connect(server)?;
         let mut truth = Truth { protocol_bytes: FINISHED_RECORD, ..Default::default() };
         let mut muted = false;
         let t0 = Instant::now();
         for (at, step) in plan.steps {
             while Instant::now() < t0 + at {
                 if hooks.stop.load(Ordering::Relaxed) {
-                    tls.conn.send_close_notify();
-                    tls.flush()?;
-                    truth.protocol_bytes += CLOSE_NOTIFY_RECORD;
+                    truth.protocol_bytes += close(&mut tls)?;
                     return Ok(truth);
                 }
                 thread::sleep((t0 + at).saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
             }
             match step {
                 Step::Heartbeat(size) => {
-                    send(&mut tls, KIND_DATA, size, 0)?;
+                    send_data(&mut tls, size)?;
                     truth.heartbeats += 1;
                     truth.heartbeat_bytes += size as u64;
                 }
@@ -319,7 +345,7 @@ pub fn run(topo: &Topology, server: SocketAddr, plan: Plan, mut hooks: Hooks) ->
                         if i > 0 {
                             thread::sleep(every);
                         }
-                        send(&mut tls, KIND_DATA, *size, 0)?;
+                        send_data(&mut tls, *size)?;
                         truth.trickle_bytes += *size as u64;
                     }
                 }
@@ -331,9 +357,7 @@ pub fn run(topo: &Topology, server: SocketAddr, plan: Plan, mut hooks: Hooks) ->
                 Step::Command(c) => truth.commands.push(command(&mut tls, &c, muted, &mut hooks)?),
             }
         }
-        tls.conn.send_close_notify();
-        tls.flush()?;
-        truth.protocol_bytes += CLOSE_NOTIFY_RECORD;
+        truth.protocol_bytes += close(&mut tls)?;
         Ok(truth)
     })
 }
@@ -347,7 +371,11 @@ fn command(tls: &mut Tls, c: &Command, muted: bool, hooks: &mut Hooks) -> Result
     let start = epoch();
     for (i, &(size, pace)) in sizes.iter().enumerate() {
         let last = i + 1 == sizes.len();
-        send(tls, if last { KIND_LAST } else { KIND_DATA }, size, if last { c.response } else { 0 })?;
+        if last {
+            send_last(tls, size, c.response, RESPONSE_DELAY)?;
+        } else {
+            send_data(tls, size)?;
+        }
         if !last {
             thread::sleep(pace);
         }
@@ -389,11 +417,11 @@ fn command(tls: &mut Tls, c: &Command, muted: bool, hooks: &mut Hooks) -> Result
 /// The published heartbeats: record payload bytes and period in seconds.
 pub const HEARTBEATS: [(usize, f64); 2] = [(100, 30.002), (99, 90.820)];
 /// A voice command's wake-word burst: audio buffered before the wake word was recognised.
-const BURST: [usize; 8] = [1_217; 8];
+pub(crate) const BURST: [usize; 8] = [1_217; 8];
 /// Streamed audio record size.
-const STREAM_RECORD: usize = 1_467;
-/// The published voice command uploads ~45 kB: the burst plus ~24 streamed records.
-const STREAM_RECORDS: usize = 24;
+pub(crate) const STREAM_RECORD: usize = 1_467;
+/// The published voice command (~2.5 s) uploads ~45 kB: the burst plus ~24 streamed records.
+pub(crate) const STREAM_RECORDS: usize = 24;
 /// Records streamed by the outlier command (a long query, ~98 kB).
 const OUTLIER_RECORDS: usize = 60;
 /// Response plaintext bytes (a spoken answer, downloaded).

@@ -2,7 +2,8 @@
 //! user space; the targets live in `fuzz/`. Each run starts from seeds written here from the
 //! same helpers the tests use (a real rustls ClientHello, the simulated household's DNS
 //! answer, a capture of real frames, a log line, command lines, API requests, the example web
-//! configuration, HTTPS requests), so libFuzzer
+//! configuration, HTTPS requests, the lab's experiment plans, frames of a gap experiment),
+//! so libFuzzer
 //! mutates meaningful input from the first second.
 
 use std::{path::{Path, PathBuf}, process::Command};
@@ -12,7 +13,7 @@ use anyhow::{Context as _, Result};
 use crate::{dns, echo_sim, packets, tls};
 
 /// Every target, in `fuzz/Cargo.toml`.
-pub const TARGETS: &[&str] = &["sni", "dns", "capture", "log", "flags", "api", "web_config", "https_request"];
+pub const TARGETS: &[&str] = &["sni", "dns", "capture", "log", "flags", "api", "web_config", "https_request", "plan", "report"];
 
 /// Seconds each target runs in `cargo xtask test`.
 pub const TEST_SECONDS: u64 = 10;
@@ -59,6 +60,19 @@ fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
             b"GET /metrics HTTP/1.1\r\nHost: 192.168.1.1:9977\r\nAuthorization: Basic cHJvbWV0aGV1czpjaGFuZ2UtbWU=\r\n\r\n".to_vec(),
             b"POST /api/devices/echo/muted HTTP/1.1\r\nContent-Length: 4\r\n\r\ntrue".to_vec(),
         ],
+        "plan" => {
+            let dir = std::env::temp_dir().join(format!("echo-fuzz-plan-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let plan = crate::lab::write_plan(&dir, "gap", &crate::lab::gap_arms(), 2, 1).and_then(|p| Ok(std::fs::read(p)?));
+            let _ = std::fs::remove_dir_all(&dir);
+            vec![plan?]
+        }
+        "report" => vec![[
+            r#"{"type":"frame","device":"echo","index":0,"arm":"gap-0.1","start":1.0,"end":2.0,"top_destination":"10.77.2.10","upload_bytes":85000,"params":{"gap_s":0.1},"command_end":1.9,"response_start":2.0,"response_end":2.2,"response":"after_input","download_bytes":6017}"#,
+            r#"{"type":"frame","device":"echo","index":1,"arm":"gap-0.8","start":3.0,"end":3.5,"top_destination":"10.77.2.10","upload_bytes":45000,"params":{"gap_s":0.8},"command_end":3.9,"response_start":3.5,"response_end":3.7,"response":"early","download_bytes":20034}"#,
+        ]
+        .join("\n")
+        .into_bytes()],
         other => anyhow::bail!("no fuzz target {other}"),
     })
 }

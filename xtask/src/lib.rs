@@ -7,6 +7,8 @@ pub mod dns;
 pub mod echo_sim;
 pub mod fuzz;
 pub mod http;
+pub mod lab;
+pub mod listening;
 pub mod netns;
 pub mod packets;
 pub mod ping;

@@ -56,6 +56,10 @@ enum Cmd {
         /// Where the agent's metrics and API are forwarded to on this machine.
         #[arg(long, default_value = "127.0.0.1:9977")]
         listen: std::net::SocketAddr,
+        /// Instead of the household: a short gap experiment (`echo-agent experiment` against the
+        /// listening simulated Echo) and its HTML report in target/experiment/.
+        #[arg(long)]
+        experiment: bool,
     },
 }
 
@@ -121,11 +125,15 @@ fn main() -> ExitCode {
             }
             run_checked(&mut c)
         }),
-        Cmd::Demo { duration, listen } => setup::run().and_then(|()| require_root("cargo xtask demo")).and_then(|()| {
+        Cmd::Demo { duration, listen, experiment } => setup::run().and_then(|()| require_root("cargo xtask demo")).and_then(|()| {
             let mut c = cargo();
             c.args(["build", "--release", "-p", "echo-agent"]);
             run_checked(&mut c)?;
             xtask::netns::remove_stale();
+            if experiment {
+                let root = workspace_root();
+                return xtask::lab::demo(&root.join("target/release/echo-agent"), &root.join("target/experiment")).map(|_| ());
+            }
             xtask::demo::run(xtask::demo::Options { duration: duration.map(std::time::Duration::from_secs), listen })
         }),
     };

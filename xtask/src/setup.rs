@@ -8,7 +8,9 @@ use anyhow::{bail, Context as _, Result};
 /// iproute2 (namespaces), openssl (the second real TLS stack), ethtool, util-linux (nsenter,
 /// setpriv), prometheus (promtool checks the exposition format; deploy/ is verified against a
 /// real Prometheus), systemd (systemd-analyze verifies the unit), g++ (libFuzzer, for the fuzz
-/// targets), libfaketime (a wall-clock step under the agent's feet, in a test).
+/// targets), libfaketime (a wall-clock step under the agent's feet, in a test), python3-scipy
+/// (the experiment report's statistics recomputed independently), chromium (the HTML report
+/// rendered headless).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -23,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     "g++",
     "libfaketime",
+    "python3-scipy",
+    "chromium",
 ];
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
