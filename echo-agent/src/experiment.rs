@@ -374,10 +374,12 @@ fn frames_since(api: &ApiClient, device: &str, since: f64) -> Result<Vec<Frame>>
     Ok(frames.into_iter().filter(|f| f.device == device && f.start >= since).collect())
 }
 
-/// `[done/total] ETA · arm mean (n) ...` over the frames the agent reported so far.
+/// `[=====     ] done/total ETA · arm mean (n) ...` over the frames the agent reported so far.
 fn status_line(plan: &Plan, frames: &[Frame], done: usize, per_trial: f64) -> String {
+    const BAR: usize = 20;
     let eta = (plan.trials() - done) as f64 * per_trial;
-    let mut line = format!("[{done}/{}] ETA {}m{:02}s", plan.trials(), (eta / 60.0) as u64, (eta % 60.0) as u64);
+    let filled = BAR * done / plan.trials().max(1);
+    let mut line = format!("[{}{}] {done}/{} ETA {}m{:02}s", "=".repeat(filled), " ".repeat(BAR - filled), plan.trials(), (eta / 60.0) as u64, (eta % 60.0) as u64);
     for s in arm_stats(frames) {
         line += &format!(" · {} {:.0} B (n={})", s.arm, s.mean, s.n);
     }

@@ -264,4 +264,15 @@ mod tests {
         assert!(c.lines().nth(1).unwrap().starts_with("gap-0.1,0.1,4,4,45125,"), "{c}");
         assert!(table(&r).contains("gap_s=0.8    none   0  after the input   0  early   4  (100% early)"), "{}", table(&r));
     }
+
+    #[test]
+    fn reads_a_log_or_a_replay_report() {
+        let line = r#"{"type":"frame","device":"echo","index":0,"arm":"I_1","start":1.0,"end":2.0,"top_destination":"10.77.2.10","upload_bytes":45000}"#;
+        let log = format!("{line}\n{{\"type\":\"muted\",\"device\":\"echo\",\"muted\":true,\"at\":3.0}}\n");
+        let from_log = parse_frames(log.as_bytes()).unwrap();
+        assert_eq!((from_log.len(), from_log[0].upload_bytes, from_log[0].response), (1, 45_000, Response::None));
+        let replay = format!(r#"{{"devices": [], "frames": [{line}], "arms": []}}"#);
+        assert_eq!(parse_frames(replay.as_bytes()).unwrap(), from_log);
+        assert_eq!(parse_frames(b"not json"), Err("no records in it".to_string()));
+    }
 }
