@@ -50,7 +50,7 @@ impl XdpMode {
 pub enum AttachError {
     #[error("no such interface: {0}")]
     NoSuchInterface(String),
-    #[error("attaching needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")]
+    #[error("attaching needs root, or CAP_BPF and CAP_NET_ADMIN")]
     Privileges,
     #[error("cannot attach XDP to {0} in {1} mode")]
     Xdp(String, &'static str, #[source] ProgramError),

@@ -2,7 +2,7 @@
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use echo_common::{
-    ClassCounters, DestKey, DestStats, FlowKey, FlowState, DIRECTIONS, INSERTS_DEST_STATS,
+    DestKey, DestStats, FlowKey, FlowState, DIRECTIONS, INSERTS_DEST_STATS,
     INSERTS_FLOWS, MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_FLOWS, MAP_INSERTS, PACKET_CLASSES,
 };
 
@@ -69,15 +69,9 @@ pub fn read_with_flow_entries(ebpf: &impl MapSource, flow_entries: u64) -> Resul
     }
     dests.sort_by(|a, b| (a.0.device, a.0.direction, a.0.addr, a.0.port, a.0.proto).cmp(&(b.0.device, b.0.direction, b.0.addr, b.0.port, b.0.proto)));
 
-    let classes_map: PerCpuArray<&MapData, ClassCounters> = PerCpuArray::try_from(map(ebpf, MAP_CLASS_COUNTERS))?;
-    let mut classes = Vec::new();
-    for per_cpu in classes_map.iter() {
-        let mut sum = [0u64; PACKET_CLASSES];
-        for c in per_cpu?.iter() {
-            sum.iter_mut().zip(c.packets).for_each(|(s, v)| *s += v);
-        }
-        classes.push(sum);
-    }
+    let classes_map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, MAP_CLASS_COUNTERS))?;
+    let sums = classes_map.iter().map(|per_cpu| per_cpu.map(|v| v.iter().sum::<u64>())).collect::<Result<Vec<u64>, _>>()?;
+    let classes = sums.chunks(PACKET_CLASSES).map(|c| std::array::from_fn(|i| c.get(i).copied().unwrap_or(0))).collect();
 
     let sum_slot = |slot: u32| per_cpu_sum(ebpf, MAP_INSERTS, slot);
     Ok(Snapshot {

@@ -104,11 +104,11 @@ impl DestStats {
     }
 }
 
-/// Value of `CLASS_COUNTERS`, indexed by `device * DIRECTIONS + direction`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClassCounters {
-    pub packets: [u64; crate::PACKET_CLASSES],
+/// Index into `CLASS_COUNTERS` (one `u64` per device, direction and packet class). The class
+/// goes into the map key rather than indexing an array in one value: without CAP_PERFMON the
+/// verifier refuses a variable offset on a map value pointer that differs between paths.
+pub const fn class_counter_index(device: u32, direction: u8, class: u8) -> u32 {
+    (device * crate::DIRECTIONS + direction as u32) * crate::PACKET_CLASSES as u32 + class as u32
 }
 
 /// Key of `FLOWS`: one direction of one TCP connection, as the packets carry it.
@@ -179,7 +179,6 @@ const _: () = {
     assert!(size_of::<DeviceInfo>() == 8);
     assert!(size_of::<DestKey>() == 16 + 2 + 1 + 1 + 1 + 1 + 2);
     assert!(size_of::<DestStats>() == 13 * 8);
-    assert!(size_of::<ClassCounters>() == crate::PACKET_CLASSES * 8);
     assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
     assert!(size_of::<Walker>() == 4 + 1 + 1 + 1 + 1 + 4);
     assert!(size_of::<FlowState>() == 2 * size_of::<Walker>() + 6 * 4 + 1 + 3);
@@ -192,7 +191,6 @@ mod pod {
     unsafe impl aya::Pod for DeviceInfo {}
     unsafe impl aya::Pod for DestKey {}
     unsafe impl aya::Pod for DestStats {}
-    unsafe impl aya::Pod for ClassCounters {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
 };
 use echo_common::{
-    mac_filter_bit, mac_key, ClassCounters, DestKey, DestStats, Event, FlowKey, FlowState,
+    class_counter_index, mac_filter_bit, mac_key, DestKey, DestStats, Event, FlowKey, FlowState,
     PacketClass, DIRECTIONS, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
     FLOW_STREAM_START, INSERTS_DEST_STATS, INSERTS_FLOWS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
@@ -220,11 +220,9 @@ fn touch(key: &DestKey, wire: usize) -> Option<&'static mut DestStats> {
 
 #[inline(always)]
 fn count_class(device: u32, direction: u8, class: PacketClass) {
-    let idx = device * DIRECTIONS + direction as u32;
-    if let Some(c) = CLASS_COUNTERS.get_ptr_mut(idx) {
+    if let Some(c) = CLASS_COUNTERS.get_ptr_mut(class_counter_index(device, direction, class as u8)) {
         // SAFETY: per-CPU value, used by this CPU only.
-        let c: &mut ClassCounters = unsafe { &mut *c };
-        c.packets[class as usize & 7] += 1;
+        unsafe { *c += 1 };
     }
 }
 

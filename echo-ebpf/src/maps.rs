@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use echo_common::{
-    ClassCounters, DestKey, DestStats, DeviceInfo, FlowKey, FlowState, MarkerInfo, MarkerKey,
+    DestKey, DestStats, DeviceInfo, FlowKey, FlowState, MarkerInfo, MarkerKey,
     DIRECTIONS, DEST_STATS_ENTRIES, EVENTS_BYTES, FLOW_TABLE_ENTRIES, INSERTS_SLOTS, MAX_DEVICES,
-    MAX_MARKERS, SNIPPETS_BYTES,
+    MAX_MARKERS, PACKET_CLASSES, SNIPPETS_BYTES,
 };
 
 /// Monitored devices. Key: `mac_key(MAC)`; value: the device's dense index.
@@ -38,11 +38,11 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> =
 pub static DEST_STATS: LruPerCpuHashMap<DestKey, DestStats> =
     LruPerCpuHashMap::with_max_entries(DEST_STATS_ENTRIES, 0);
 
-/// Packet-class counters, index `device * DIRECTIONS + direction`, per CPU.
+/// Packets per class, index `class_counter_index(device, direction, class)`, per CPU.
 /// Written by the programs; read and summed by user space. Fixed size.
 #[map]
-pub static CLASS_COUNTERS: PerCpuArray<ClassCounters> =
-    PerCpuArray::with_max_entries(MAX_DEVICES * DIRECTIONS, 0);
+pub static CLASS_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(MAX_DEVICES * DIRECTIONS * PACKET_CLASSES as u32, 0);
 
 /// Successful insertions into each LRU map (index `INSERTS_*`), per CPU. User space derives
 /// evictions as insertions minus live entries. Written by the programs only.

@@ -103,36 +103,37 @@ pub struct Tally<'a> {
     pub retransmitted: u32,
 }
 
+/// `n` when `cond`, else 0, without a branch.
+#[inline(always)]
+fn when(cond: bool, n: u64) -> u64 {
+    n & 0u64.wrapping_sub(cond as u64)
+}
+
 impl Tally<'_> {
+    /// Adds `n` payload bytes of a record of `content_type` to its counter. Every counter gets
+    /// an add (of 0 but one): a `match` choosing the field would be compiled into one add at
+    /// a computed offset from the map value pointer, which the verifier refuses without
+    /// CAP_PERFMON ("tried to add from different maps, paths or scalars").
     #[inline(always)]
     fn payload(&mut self, content_type: u8, n: u32) {
         let n = n as u64;
+        let (app, handshake, ccs, alert) =
+            (content_type == CT_APPLICATION_DATA, content_type == CT_HANDSHAKE, content_type == CT_CHANGE_CIPHER_SPEC, content_type == CT_ALERT);
         let s = &mut *self.stats;
-        match content_type {
-            CT_APPLICATION_DATA => {
-                s.tls_app_bytes += n;
-                self.new_app = true;
-            }
-            CT_HANDSHAKE => {
-                s.handshake_bytes += n;
-                self.new_handshake = true;
-            }
-            CT_CHANGE_CIPHER_SPEC => {
-                s.ccs_bytes += n;
-                self.new_handshake = true;
-            }
-            CT_ALERT => s.alert_bytes += n,
-            _ => s.unsynced_bytes += n,
-        }
+        s.tls_app_bytes += when(app, n);
+        s.handshake_bytes += when(handshake, n);
+        s.ccs_bytes += when(ccs, n);
+        s.alert_bytes += when(alert, n);
+        s.unsynced_bytes += when(!(app || handshake || ccs || alert), n);
+        self.new_app |= app;
+        self.new_handshake |= handshake || ccs;
     }
 
+    /// Counts a completed record header (branch-free, as `payload`).
     #[inline(always)]
     fn record(&mut self, content_type: u8) {
-        match content_type {
-            CT_APPLICATION_DATA => self.stats.tls_app_records += 1,
-            CT_HANDSHAKE => self.stats.handshake_records += 1,
-            _ => {}
-        }
+        self.stats.tls_app_records += when(content_type == CT_APPLICATION_DATA, 1);
+        self.stats.handshake_records += when(content_type == CT_HANDSHAKE, 1);
     }
 
     #[inline(always)]
@@ -154,31 +155,27 @@ fn load_n<P: Packet, const N: usize>(pkt: &P, off: usize) -> Option<[u8; N]> {
     if pkt.load(off, &mut b) { Some(b) } else { None }
 }
 
+/// The low `bytes` bytes of a word set (`bytes` at most 8).
+#[inline(always)]
+fn low_bytes(bytes: u32) -> u64 {
+    if bytes >= 8 { u64::MAX } else { (1u64 << (8 * bytes)) - 1 }
+}
+
 /// Completes the header at `w.next_hdr` from `w.hdr_buf` and the packet bytes at `off`.
-/// `None` when the packet does not hold the rest of it.
+/// `None` when the packet does not hold the rest of it. One load of the bytes still needed
+/// (a length the verifier sees bounded, 1 to 5) and shifts, not a branch per split point:
+/// branches inside the walk's loop body multiply the states the verifier explores.
 #[inline(always)]
 fn complete_header<P: Packet>(w: &Walker, pkt: &P, off: usize) -> Option<[u8; 5]> {
-    let b = w.hdr_buf;
-    // One arm per split point keeps every load a constant size.
-    Some(match w.hdr_have {
-        0 => load_n::<P, 5>(pkt, off)?,
-        1 => {
-            let r = load_n::<P, 4>(pkt, off)?;
-            [b[0], r[0], r[1], r[2], r[3]]
-        }
-        2 => {
-            let r = load_n::<P, 3>(pkt, off)?;
-            [b[0], b[1], r[0], r[1], r[2]]
-        }
-        3 => {
-            let r = load_n::<P, 2>(pkt, off)?;
-            [b[0], b[1], b[2], r[0], r[1]]
-        }
-        _ => {
-            let r = load_n::<P, 1>(pkt, off)?;
-            [b[0], b[1], b[2], b[3], r[0]]
-        }
-    })
+    let have = (w.hdr_have as u32).min(HEADER_LEN - 1);
+    let need = HEADER_LEN - have;
+    let mut r = [0u8; 8];
+    if !pkt.load_into(off, r.as_mut_ptr(), need) {
+        return None;
+    }
+    let kept = u32::from_le_bytes(w.hdr_buf) as u64 & low_bytes(have);
+    let b = (kept | (u64::from_le_bytes(r) & low_bytes(need)) << (8 * have)).to_le_bytes();
+    Some([b[0], b[1], b[2], b[3], b[4]])
 }
 
 /// Why a walk stopped before the end of its bytes.
@@ -236,15 +233,17 @@ fn walk<P: Packet>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u32, t
     unsafe {
         bpf_loop(MAX_WALK_STEPS, walk_step::<P> as *const () as *mut c_void, &mut c as *mut WalkCtx<P> as *mut c_void, 0);
     }
-    t.new_app |= c.new_app != 0;
-    t.new_handshake |= c.new_handshake != 0;
-    match c.outcome {
-        WALK_DONE => Ok(c.headers),
+    let (new_app, new_handshake, outcome, headers, at) = (c.new_app, c.new_handshake, c.outcome, c.headers, c.pos);
+    crate::parse::clobber(&mut c);
+    t.new_app |= new_app != 0;
+    t.new_handshake |= new_handshake != 0;
+    match outcome {
+        WALK_DONE => Ok(headers),
         _ => {
             // Lost sync, or more records than one walk may pass: give up on the rest.
             w.synced = 0;
             w.hdr_have = 0;
-            Err(Lost { at: c.pos, headers: c.headers })
+            Err(Lost { at, headers })
         }
     }
 }
@@ -293,16 +292,15 @@ fn step<P: Packet>(
     // A header: `pos` is `next_hdr + hdr_have`.
     let need = HEADER_LEN - w.hdr_have as u32;
     if left < need {
-        // Split header: keep its first bytes (at most 4, as left < need <= 5).
-        let have = w.hdr_have as u32;
-        for i in 0..4u32 {
-            if i >= left {
-                break;
-            }
-            let Some(b) = load_n::<P, 1>(pkt, seg.off(pos.wrapping_add(i))) else {
-                break;
-            };
-            w.hdr_buf[((have + i) & 3) as usize] = b[0];
+        // Split header: keep its first bytes (have + left <= 4, as left < need = 5 - have),
+        // appended to those kept before as one little-endian word.
+        let have = w.hdr_have as u32 & 3;
+        let n = ((left - 1) & 3) + 1;
+        let mut b = [0u8; 4];
+        if pkt.load_into(seg.off(*pos), b.as_mut_ptr(), n) {
+            let kept = u32::from_le_bytes(w.hdr_buf) as u64 & low_bytes(have);
+            let word = kept | (u32::from_le_bytes(b) as u64 & low_bytes(n)) << (8 * have);
+            w.hdr_buf = (word as u32).to_le_bytes();
         }
         w.hdr_have = (have + left) as u8;
         *pos = end;
@@ -346,7 +344,9 @@ fn resync<P: Packet>(pkt: &P, seg: &Segment, pos: u32, end: u32) -> u32 {
     unsafe {
         bpf_loop(MAX_RESYNC_SCAN, resync_step::<P> as *const () as *mut c_void, &mut c as *mut ResyncCtx<P> as *mut c_void, 0);
     }
-    c.found
+    let found = c.found;
+    crate::parse::clobber(&mut c);
+    found
 }
 
 /// Tries the header candidate at `pos`; stops when it is plausible and confirmed by the next

@@ -1,5 +1,6 @@
 //! IPv6 with a bounded chain of extension headers.
 use super::{L3, Packet};
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use echo_common::FAMILY_V6;
 
 const HLEN: usize = 40;
@@ -13,6 +14,51 @@ const NEXT_DEST_OPTS: u8 = 60;
 /// Two more allow for unusual but legal stacks; a longer chain is classified `other`.
 const MAX_EXT_HEADERS: usize = 8;
 
+/// State of the extension-header walk, handed to `ext_step` by `bpf_loop` (the verifier
+/// checks one step instead of `MAX_EXT_HEADERS` unrolled ones, whose branches it would
+/// otherwise explore, speculative paths included, state by state).
+#[repr(C)]
+struct ExtCtx<P: Packet> {
+    pkt: P,
+    /// Offset of the header `next` names.
+    l4: u64,
+    next: u8,
+    later_fragment: u8,
+    /// An extension header did not fit in the packet.
+    cut: u8,
+    _pad: [u8; 5],
+}
+
+fn is_extension(next: u8) -> bool {
+    matches!(next, NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_FRAGMENT | NEXT_AUTH | NEXT_DEST_OPTS)
+}
+
+/// One extension header: its next-header and length fields (and the fragment offset).
+/// Returns 0 to go on, 1 to stop (bpf_loop's convention).
+extern "C" fn ext_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the ExtCtx<P> given by `parse`.
+    let c = unsafe { &mut *(ctx as *mut ExtCtx<P>) };
+    if !is_extension(c.next) {
+        return 1;
+    }
+    // Every extension header is at least 8 bytes; its first 4 say all we need.
+    let Some(e) = c.pkt.read::<[u8; 4]>(c.l4 as usize) else {
+        c.cut = 1;
+        return 1;
+    };
+    let len = match c.next {
+        NEXT_FRAGMENT => {
+            c.later_fragment = (u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0) as u8;
+            8
+        }
+        NEXT_AUTH => (e[1] as u64 + 2) * 4,
+        _ => (e[1] as u64 + 1) * 8,
+    };
+    c.next = e[0];
+    c.l4 += len;
+    0
+}
+
 #[inline(always)]
 pub fn parse<P: Packet>(pkt: &P, off: usize) -> Option<L3> {
     let h: [u8; HLEN] = pkt.read(off)?;
@@ -24,32 +70,16 @@ pub fn parse<P: Packet>(pkt: &P, off: usize) -> Option<L3> {
     let mut dst = [0u8; 16];
     src.copy_from_slice(&h[8..24]);
     dst.copy_from_slice(&h[24..40]);
-    let mut next = h[6];
-    let mut l4 = off + HLEN;
-    let mut later_fragment = false;
-    for _ in 0..MAX_EXT_HEADERS {
-        let len = match next {
-            NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_DEST_OPTS => {
-                let e: [u8; 2] = pkt.read(l4)?;
-                next = e[0];
-                (e[1] as usize + 1) * 8
-            }
-            NEXT_FRAGMENT => {
-                let e: [u8; 4] = pkt.read(l4)?;
-                next = e[0];
-                later_fragment = u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0;
-                8
-            }
-            NEXT_AUTH => {
-                let e: [u8; 2] = pkt.read(l4)?;
-                next = e[0];
-                (e[1] as usize + 2) * 4
-            }
-            _ => break,
-        };
-        l4 += len;
+    let mut c = ExtCtx { pkt: *pkt, l4: (off + HLEN) as u64, next: h[6], later_fragment: 0, cut: 0, _pad: [0; 5] };
+    if is_extension(c.next) {
+        // SAFETY: `ext_step::<P>` is a bpf_loop callback and `c` outlives the call.
+        unsafe {
+            bpf_loop(MAX_EXT_HEADERS as u32, ext_step::<P> as *const () as *mut c_void, &mut c as *mut ExtCtx<P> as *mut c_void, 0);
+        }
     }
-    if matches!(next, NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_FRAGMENT | NEXT_AUTH | NEXT_DEST_OPTS) {
+    let (cut, next, l4, later_fragment) = (c.cut, c.next, c.l4 as usize, c.later_fragment != 0);
+    super::clobber(&mut c);
+    if cut != 0 || is_extension(next) {
         return None;
     }
     let l3_end = off + HLEN + payload;

@@ -12,18 +12,29 @@ pub mod udp;
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
     cty::c_void,
-    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
 };
 
-/// Read access to a packet, implemented for XDP (direct access plus `bpf_xdp_load_bytes`) and
-/// TC (`bpf_skb_load_bytes`), so that parsers and the record walker are written once.
+/// Read access to a packet, implemented for XDP (`bpf_xdp_load_bytes`) and TC
+/// (`bpf_skb_load_bytes`), so that parsers and the record walker are written once.
+///
+/// Every read is a helper's copy into the program's stack, never a packet pointer plus an
+/// offset: without CAP_PERFMON the verifier applies its Spectre v1 masking to pointer
+/// arithmetic and refuses any register offset on a packet pointer (and any pointer minus
+/// pointer), so copies are what lets the agent run with CAP_BPF and CAP_NET_ADMIN alone. The
+/// helper checks offset and length against the packet itself.
 pub trait Packet: Copy {
     /// The direction every packet of this hook travels: `DIR_UPLOAD` at XDP (ingress from the
     /// devices), `DIR_DOWNLOAD` at TC egress. A constant, so each program carries only its
     /// direction's code.
     const DIRECTION: u8;
     /// Reads a `T` at `off`, or `None` when it does not fit in the packet.
-    fn read<T: Copy>(&self, off: usize) -> Option<T>;
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        let mut v = core::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: `v` has room for a `T`; the helper fills it completely when it succeeds.
+        self.load_into(off, v.as_mut_ptr() as *mut u8, core::mem::size_of::<T>() as u32).then(|| unsafe { v.assume_init() })
+    }
     /// Copies `buf.len()` bytes at `off` into `buf` (a small stack buffer, so the offset can be
     /// a variable without pointer arithmetic the verifier has to follow).
     fn load(&self, off: usize, buf: &mut [u8]) -> bool {
@@ -42,33 +53,8 @@ pub struct XdpPacket {
     pub ctx: *mut xdp_md,
 }
 
-impl XdpPacket {
-    #[inline(always)]
-    fn data(&self) -> usize {
-        // SAFETY: the context the kernel handed to the program.
-        unsafe { (*self.ctx).data as usize }
-    }
-
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        // SAFETY: as above.
-        unsafe { (*self.ctx).data_end as usize }
-    }
-}
-
 impl Packet for XdpPacket {
     const DIRECTION: u8 = echo_common::DIR_UPLOAD;
-
-    #[inline(always)]
-    fn read<T: Copy>(&self, off: usize) -> Option<T> {
-        let start = self.data();
-        let end = self.data_end();
-        if start + off + core::mem::size_of::<T>() > end {
-            return None;
-        }
-        // SAFETY: bounds checked right above; the verifier checks it again.
-        Some(unsafe { ((start + off) as *const T).read_unaligned() })
-    }
 
     #[inline(always)]
     fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
@@ -79,12 +65,13 @@ impl Packet for XdpPacket {
 
     #[inline(always)]
     fn len(&self) -> usize {
-        self.data_end() - self.data()
+        // SAFETY: the context the kernel handed to the program.
+        unsafe { bpf_xdp_get_buff_len(self.ctx) as usize }
     }
 }
 
-/// A socket buffer at TC. Every read goes through `bpf_skb_load_bytes`, because a GSO
-/// super-packet's payload lies mostly outside the linear area that direct access can reach.
+/// A socket buffer at TC. `bpf_skb_load_bytes` also reaches a GSO super-packet's payload,
+/// which lies mostly outside the linear area.
 #[derive(Clone, Copy)]
 pub struct TcPacket {
     pub skb: *mut __sk_buff,
@@ -94,25 +81,9 @@ impl Packet for TcPacket {
     const DIRECTION: u8 = echo_common::DIR_DOWNLOAD;
 
     #[inline(always)]
-    fn read<T: Copy>(&self, off: usize) -> Option<T> {
-        let mut v = core::mem::MaybeUninit::<T>::uninit();
-        // SAFETY: the helper checks the offset and length against the packet and fills `v`
-        // completely when it returns 0.
-        let ret = unsafe {
-            bpf_skb_load_bytes(
-                self.skb as *const c_void,
-                off as u32,
-                v.as_mut_ptr() as *mut c_void,
-                core::mem::size_of::<T>() as u32,
-            )
-        };
-        // SAFETY: fully written on success.
-        if ret == 0 { Some(unsafe { v.assume_init() }) } else { None }
-    }
-
-    #[inline(always)]
     fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: as in `read`; the caller vouches for `dst`.
+        // SAFETY: the helper checks the offset and length against the packet; the caller
+        // vouches for `dst`.
         unsafe { bpf_skb_load_bytes(self.skb as *const c_void, off as u32, dst as *mut c_void, len) == 0 }
     }
 
@@ -120,6 +91,22 @@ impl Packet for TcPacket {
     fn len(&self) -> usize {
         // SAFETY: the context the kernel handed to the program.
         unsafe { (*self.skb).len as usize }
+    }
+}
+
+/// Overwrites `v` with zeros, 8 bytes at a time, in stores the compiler keeps: for a
+/// `bpf_loop` context once the loop is done. Such a context holds the packet's context
+/// pointer (and map value pointers) on the stack; without CAP_PERFMON the verifier refuses
+/// any later narrower store into a stack slot that still holds a pointer ("attempt to
+/// corrupt spilled pointer on stack"), and the compiler reuses the context's stack for other
+/// variables. `T` must be a multiple of 8 bytes.
+#[inline(always)]
+pub fn clobber<T>(v: &mut T) {
+    const { assert!(core::mem::size_of::<T>() % 8 == 0) };
+    let words = v as *mut T as *mut u64;
+    for i in 0..core::mem::size_of::<T>() / 8 {
+        // SAFETY: within `v`, which is 8-byte aligned as it holds 8-byte fields.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
 }
 
