@@ -27,9 +27,12 @@ use crate::{
 #[inline(always)]
 pub fn account<P: Packet>(pkt: &P) {
     let direction = P::DIRECTION;
-    let device = device_of(pkt, direction);
+    // A plain index with a sentinel, not an Option: the compiler may read an Option's payload
+    // on paths where it is None, an uninitialised stack read the verifier refuses without
+    // CAP_PERFMON.
+    let device = device_of(pkt, direction).unwrap_or(NO_DEVICE);
     let markers = markers::enabled();
-    if device.is_none() && !markers {
+    if device == NO_DEVICE && !markers {
         return;
     }
     let l3 = parse_l3(pkt);
@@ -38,7 +41,9 @@ pub fn account<P: Packet>(pkt: &P) {
             markers::check(pkt, l3, direction);
         }
     }
-    let Some(device) = device else { return };
+    if device == NO_DEVICE {
+        return;
+    }
     let class = match &l3 {
         Some(l3) => account_ip(pkt, l3, device, direction),
         None => PacketClass::Other,
@@ -46,12 +51,14 @@ pub fn account<P: Packet>(pkt: &P) {
     count_class(device, direction, class);
 }
 
+/// `account`'s "no monitored device" (device indices are below `MAX_DEVICES`).
+const NO_DEVICE: u32 = u32::MAX;
+
 /// The monitored device this frame belongs to: its source when uploading, its destination
 /// when downloading. A Bloom-filter bit test first, so other MACs skip the hash lookup.
 #[inline(always)]
 fn device_of<P: Packet>(pkt: &P, direction: u8) -> Option<u32> {
-    let mac_off = if direction == DIR_UPLOAD { ethernet::SRC_MAC_OFF } else { ethernet::DST_MAC_OFF };
-    let mac = pkt.read::<[u8; 6]>(mac_off)?;
+    let mac = if direction == DIR_UPLOAD { pkt.read_head::<[u8; 6], { ethernet::SRC_MAC_OFF }>()? } else { pkt.read_head::<[u8; 6], { ethernet::DST_MAC_OFF }>()? };
     let filter = DEVICE_FILTER.get(0)?;
     if *filter & mac_filter_bit(mac) == 0 {
         return None;

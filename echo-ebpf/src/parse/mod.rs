@@ -35,6 +35,13 @@ pub trait Packet: Copy {
         // SAFETY: `v` has room for a `T`; the helper fills it completely when it succeeds.
         self.load_into(off, v.as_mut_ptr() as *mut u8, core::mem::size_of::<T>() as u32).then(|| unsafe { v.assume_init() })
     }
+    /// Reads a `T` at the constant offset `OFF` (the Ethernet header, which every frame's
+    /// first check reads): XDP reads it in place, which costs less than a helper call and
+    /// needs only immediate offsets, which the verifier accepts without CAP_PERFMON.
+    #[inline(always)]
+    fn read_head<T: Copy, const OFF: usize>(&self) -> Option<T> {
+        self.read(OFF)
+    }
     /// Copies `buf.len()` bytes at `off` into `buf` (a small stack buffer, so the offset can be
     /// a variable without pointer arithmetic the verifier has to follow).
     fn load(&self, off: usize, buf: &mut [u8]) -> bool {
@@ -55,6 +62,17 @@ pub struct XdpPacket {
 
 impl Packet for XdpPacket {
     const DIRECTION: u8 = echo_common::DIR_UPLOAD;
+
+    #[inline(always)]
+    fn read_head<T: Copy, const OFF: usize>(&self) -> Option<T> {
+        // SAFETY: the context the kernel handed to the program.
+        let (start, end) = unsafe { ((*self.ctx).data as usize, (*self.ctx).data_end as usize) };
+        if start + OFF + core::mem::size_of::<T>() > end {
+            return None;
+        }
+        // SAFETY: bounds checked right above; the verifier checks it again.
+        Some(unsafe { ((start + OFF) as *const T).read_unaligned() })
+    }
 
     #[inline(always)]
     fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
