@@ -123,6 +123,11 @@ impl Topology {
         for ns in t.namespaces() {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            // No duplicate address detection, for link-local addresses too (the others are
+            // added `nodad`): a tentative link-local address delays neighbour discovery, so
+            // an IPv6 connection made within a second of building the topology waited a
+            // retransmission (~2 s) for it.
+            t.exec_ok(ns, "sysctl", &["-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
         }
         let bridge = t.bridge();
         // No multicast snooping: IPv6 neighbour solicitations must reach every station at
