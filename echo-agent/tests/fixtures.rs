@@ -286,18 +286,27 @@ fn malformed_frames_always_pass() {
             let len = 14 + (next() % (f.len() as u64 - 13)) as usize;
             f.truncate(len);
         }
-        // Both programs see every frame: XDP as an upload, TC as a download.
-        let opts = || TestRunOptions { data_in: Some(&f), ..Default::default() };
-        assert_eq!(progs.xdp().test_run(opts()).unwrap().return_value, XDP_PASS, "XDP, frame {i}: {f:02x?}");
-        if replay::tc_test_run_accepts(&f) {
-            let tc = progs.tc().test_run(opts()).unwrap_or_else(|e| panic!("TC, frame {i} ({} bytes): {e}: {f:02x?}", f.len()));
-            assert_eq!(tc.return_value, replay::TC_ACT_UNSPEC, "TC, frame {i}: {f:02x?}");
+        // Both programs see every frame: XDP as the device's upload, TC (addresses swapped,
+        // so the frame goes to the device) as its download.
+        let opts = TestRunOptions { data_in: Some(&f), ..Default::default() };
+        assert_eq!(progs.xdp().test_run(opts).unwrap().return_value, XDP_PASS, "XDP, frame {i}: {f:02x?}");
+        let mut down = f.clone();
+        down[..6].copy_from_slice(&f[6..12]);
+        down[6..12].copy_from_slice(&f[..6]);
+        if replay::tc_test_run_accepts(&down) {
+            let opts = TestRunOptions { data_in: Some(&down), ..Default::default() };
+            let tc = progs.tc().test_run(opts).unwrap_or_else(|e| panic!("TC, frame {i} ({} bytes): {e}: {down:02x?}", down.len()));
+            assert_eq!(tc.return_value, replay::TC_ACT_UNSPEC, "TC, frame {i}: {down:02x?}");
         }
     }
     let snap = counters::read(&progs.ebpf).unwrap();
     for (k, s) in &snap.dests {
         let tls = s.tls_app_bytes + s.handshake_bytes + s.ccs_bytes + s.alert_bytes + s.unsynced_bytes;
         assert!(tls <= s.tcp_payload_bytes, "{k:?}: {s:?}");
+    }
+    // Both directions were counted: the mutations went through both programs' parsers.
+    for dir in [DIR_UPLOAD, echo_common::DIR_DOWNLOAD] {
+        assert!(snap.dests.iter().any(|(k, s)| k.direction == dir && s.tcp_payload_bytes > 0), "direction {dir}");
     }
     eprintln!(
         "verifier: {:?} instructions processed for echo_xdp, {:?} for echo_tc",
