@@ -132,8 +132,8 @@ impl Markers {
     }
 }
 
-/// What one trial saw, seconds from its start.
-#[derive(Debug, Default)]
+/// What one trial has seen so far, seconds from its start.
+#[derive(Default)]
 struct Seen {
     audio_end: Option<f64>,
     response_start: Option<f64>,
@@ -160,7 +160,8 @@ impl Runner {
         devices.iter().find(|d| d.device == self.device).map(|d| d.download_tls_bytes).context("the device left the agent")
     }
 
-    fn trial(&mut self, plan: &Plan, arm: usize, index: usize) -> Result<Seen> {
+    /// Plays one trial; returns when its response ended, or none came within the timeout.
+    fn trial(&mut self, plan: &Plan, arm: usize, index: usize) -> Result<()> {
         let a = &plan.arms[arm];
         let body = serde_json::json!({ "arm": a.name, "params": a.params }).to_string();
         let (status, answer) = self.api.request("POST", &format!("/api/devices/{}/trial", self.device), &body)?;
@@ -216,7 +217,7 @@ impl Runner {
             }
             if let Some(end) = seen.audio_end {
                 if seen.response_end.is_some() || (seen.response_start.is_none() && now - end >= rule.timeout_s) {
-                    return Ok(seen);
+                    return Ok(());
                 }
             }
             std::thread::sleep(POLL);
