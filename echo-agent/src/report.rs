@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     analysis::Record,
     frames::{Frame, Response},
-    stats::{self, arm_stats, iqr_filter, Welch},
+    stats::{self, ArmStats, Welch},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +99,11 @@ pub fn parse_frames(text: &[u8]) -> Result<Vec<Frame>, String> {
     Ok(loaded.records.into_iter().filter_map(|r| if let Record::Frame(f) = r { Some(f) } else { None }).collect())
 }
 
-fn kept_uploads(frames: &[Frame], arm: &str) -> Vec<f64> {
-    iqr_filter(&frames.iter().filter(|f| f.arm == arm).map(|f| f.upload_bytes as f64).collect::<Vec<_>>())
+/// Parameter sets compared name by name, then value by value (a set that is a prefix of
+/// another comes first).
+fn by_params(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> std::cmp::Ordering {
+    let mut pairs = a.iter().zip(b).map(|((ka, va), (kb, vb))| ka.cmp(kb).then(va.total_cmp(vb)));
+    pairs.find(|o| o.is_ne()).unwrap_or(a.len().cmp(&b.len()))
 }
 
 fn class_index(r: Response) -> usize {
@@ -109,21 +112,22 @@ fn class_index(r: Response) -> usize {
 
 /// The report of `frames` (arms ordered by parameters, then name); `class_param` names the parameter responses are classified by.
 pub fn build(frames: &[Frame], class_param: &str) -> Report {
-    let mut summaries = arm_stats(frames);
-    // Arms by their parameters, then name: the first (the reference of the tests) is the
-    // smallest setting, e.g. no prefix.
-    let params_of = |arm: &str| frames.iter().find(|f| f.arm == arm).map(|f| f.params.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>()).unwrap_or_default();
-    summaries.sort_by(|a, b| {
-        let (pa, pb) = (params_of(&a.arm), params_of(&b.arm));
-        let by_params = pa.iter().zip(&pb).map(|((ka, va), (kb, vb))| ka.cmp(kb).then(va.total_cmp(vb))).find(|o| o.is_ne());
-        by_params.unwrap_or(pa.len().cmp(&pb.len())).then(a.arm.cmp(&b.arm))
-    });
-    let first_kept = summaries.first().map(|s| kept_uploads(frames, &s.arm)).unwrap_or_default();
+    // (summary, kept uploads, the arm's frames), arms ordered by their parameters, then name:
+    // the first (the reference of the tests) is the smallest setting, e.g. no prefix.
+    let mut summaries: Vec<(ArmStats, Vec<f64>, Vec<&Frame>)> = stats::uploads_by_arm(frames)
+        .into_iter()
+        .map(|(arm, values)| {
+            let of_arm = frames.iter().filter(|f| f.arm == arm).collect();
+            let (summary, kept) = stats::summarize(arm, &values);
+            (summary, kept, of_arm)
+        })
+        .collect();
+    summaries.sort_by(|a, b| by_params(&a.2[0].params, &b.2[0].params).then(a.0.arm.cmp(&b.0.arm)));
+    let first_kept = summaries.first().map(|s| s.1.clone()).unwrap_or_default();
     let arms: Vec<ArmRow> = summaries
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            let of_arm: Vec<&Frame> = frames.iter().filter(|f| f.arm == s.arm).collect();
+        .map(|(i, (s, kept, of_arm))| {
             let mut responses = [0; 3];
             of_arm.iter().for_each(|f| responses[class_index(f.response)] += 1);
             ArmRow {
@@ -134,7 +138,7 @@ pub fn build(frames: &[Frame], class_param: &str) -> Report {
                 mean: s.mean,
                 sd: s.sd,
                 median: s.median,
-                welch_vs_first: if i == 0 { None } else { stats::welch(&kept_uploads(frames, &s.arm), &first_kept) },
+                welch_vs_first: if i == 0 { None } else { stats::welch(kept, &first_kept) },
                 responses,
                 mean_download_bytes: stats::mean(&of_arm.iter().map(|f| f.download_bytes as f64).collect::<Vec<_>>()),
             }

@@ -17,8 +17,8 @@ pub struct ArmStats {
     pub median: f64,
 }
 
-/// Per arm, in order of first appearance: the IQR filter, then mean, SD and median.
-pub fn arm_stats(frames: &[Frame]) -> Vec<ArmStats> {
+/// Upload bytes of each arm's frames (the frames' values), arms in order of first appearance.
+pub fn uploads_by_arm(frames: &[Frame]) -> Vec<(String, Vec<f64>)> {
     let mut arms: Vec<(String, Vec<f64>)> = Vec::new();
     for f in frames {
         match arms.iter_mut().find(|(a, _)| *a == f.arm) {
@@ -26,12 +26,18 @@ pub fn arm_stats(frames: &[Frame]) -> Vec<ArmStats> {
             None => arms.push((f.arm.clone(), vec![f.upload_bytes as f64])),
         }
     }
-    arms.into_iter()
-        .map(|(arm, values)| {
-            let kept = iqr_filter(&values);
-            ArmStats { arm, n: values.len(), kept: kept.len(), mean: mean(&kept), sd: sd(&kept), median: quantile(&kept, 0.5) }
-        })
-        .collect()
+    arms
+}
+
+/// One arm's summary (the IQR filter, then mean, SD and median), and the values it kept.
+pub fn summarize(arm: String, values: &[f64]) -> (ArmStats, Vec<f64>) {
+    let kept = iqr_filter(values);
+    (ArmStats { arm, n: values.len(), kept: kept.len(), mean: mean(&kept), sd: sd(&kept), median: quantile(&kept, 0.5) }, kept)
+}
+
+/// Per arm, in order of first appearance: the IQR filter, then mean, SD and median.
+pub fn arm_stats(frames: &[Frame]) -> Vec<ArmStats> {
+    uploads_by_arm(frames).into_iter().map(|(arm, values)| summarize(arm, &values).0).collect()
 }
 
 /// Keeps x when Q1 − 1.5·IQR < x < Q3 + 1.5·IQR (strict, as the paper states). Values inside
