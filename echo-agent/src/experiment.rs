@@ -155,9 +155,15 @@ impl Runner {
         Ok(())
     }
 
-    fn download(&self) -> Result<u64> {
+    /// The device's TLS download so far, or `None` when the agent does not monitor it.
+    fn download(&self) -> Result<Option<u64>> {
         let devices: Vec<DeviceCounters> = self.api.get_json("/api/devices")?;
-        devices.iter().find(|d| d.device == self.device).map(|d| d.download_tls_bytes).context("the device left the agent")
+        Ok(devices.iter().find(|d| d.device == self.device).map(|d| d.download_tls_bytes))
+    }
+
+    /// The error for a device the agent does not monitor.
+    fn unknown_device(&self) -> anyhow::Error {
+        ExperimentError::UnknownDevice(self.api.addr, self.device.clone()).into()
     }
 
     /// Plays one trial; returns when its response ended, or none came within the timeout.
@@ -166,7 +172,7 @@ impl Runner {
         let body = serde_json::json!({ "arm": a.name, "params": a.params }).to_string();
         let (status, answer) = self.api.request("POST", &format!("/api/devices/{}/trial", self.device), &body)?;
         if status == 404 {
-            return Err(ExperimentError::UnknownDevice(self.api.addr, self.device.clone()).into());
+            return Err(self.unknown_device());
         }
         if status != 200 {
             bail!("announcing trial {index}: {status} {answer}");
@@ -174,7 +180,7 @@ impl Runner {
         let mut ear = match &plan.response.hook {
             Some(hook) => Ear::Hook(Hook::start(hook, self.command(plan, arm, index, hook))?),
             None => {
-                let base = self.download()?;
+                let base = self.download()?.ok_or_else(|| self.unknown_device())?;
                 Ear::Download { base, last: base, changed: 0.0 }
             }
         };
@@ -188,7 +194,7 @@ impl Runner {
             let now = t0.elapsed().as_secs_f64();
             let (start, end) = match &mut ear {
                 Ear::Download { base, last, changed } => {
-                    let dl = self.download()?;
+                    let dl = self.download()?.ok_or_else(|| self.unknown_device())?;
                     let start = seen.response_start.is_none() && dl.saturating_sub(*base) >= rule.min_bytes;
                     if start || dl != *last {
                         (*last, *changed) = (dl, now);
@@ -331,7 +337,8 @@ pub fn run(o: Options) -> Result<Vec<Frame>> {
         _ => Progress { fingerprint, done: 0, started: epoch() },
     };
     let mut runner = Runner { api, device: o.device.clone(), markers, pinger: Pinger::new() };
-    runner.download().map_err(|_| ExperimentError::UnknownDevice(runner.api.addr, o.device.clone()))?;
+    // Unreachable agent: its own error; reachable but not watching the device: bad input.
+    runner.download()?.ok_or_else(|| runner.unknown_device())?;
     let schedule = plan.schedule();
     let t0 = Instant::now();
     let first = progress.done;
