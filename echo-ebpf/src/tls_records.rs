@@ -47,9 +47,9 @@ use echo_common::{
     FLOW_UNSYNC_AFTER_HOLE,
 };
 
-use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
+use aya_ebpf::cty::c_void;
 
-use crate::parse::Packet;
+use crate::parse::{run_loop, Packet};
 
 /// Steps one walk may take: one per record header plus one for the payload before the first.
 /// The shortest AEAD record is 22 bytes (5 header, 1 inner type, 16 tag), so a 1460-byte
@@ -148,13 +148,6 @@ impl Tally<'_> {
     }
 }
 
-/// Reads `N` bytes at `off` into a stack buffer.
-#[inline(always)]
-fn load_n<P: Packet, const N: usize>(pkt: &P, off: usize) -> Option<[u8; N]> {
-    let mut b = [0u8; N];
-    if pkt.load(off, &mut b) { Some(b) } else { None }
-}
-
 /// The low `bytes` bytes of a word set (`bytes` at most 8).
 #[inline(always)]
 fn low_bytes(bytes: u32) -> u64 {
@@ -229,12 +222,9 @@ fn walk<P: Packet>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u32, t
         new_handshake: 0,
         _pad: [0; 6],
     };
-    // SAFETY: `walk_step::<P>` is a bpf_loop callback and `c` outlives the call.
-    unsafe {
-        bpf_loop(MAX_WALK_STEPS, walk_step::<P> as *const () as *mut c_void, &mut c as *mut WalkCtx<P> as *mut c_void, 0);
-    }
-    let (new_app, new_handshake, outcome, headers, at) = (c.new_app, c.new_handshake, c.outcome, c.headers, c.pos);
-    crate::parse::clobber(&mut c);
+    // SAFETY: `walk_step::<P>` reads its context as a WalkCtx<P>.
+    let (new_app, new_handshake, outcome, headers, at) =
+        unsafe { run_loop(MAX_WALK_STEPS, walk_step::<P>, &mut c, |c| (c.new_app, c.new_handshake, c.outcome, c.headers, c.pos)) };
     t.new_app |= new_app != 0;
     t.new_handshake |= new_handshake != 0;
     match outcome {
@@ -340,13 +330,8 @@ struct ResyncCtx<P: Packet> {
 #[inline(always)]
 fn resync<P: Packet>(pkt: &P, seg: &Segment, pos: u32, end: u32) -> u32 {
     let mut c = ResyncCtx { pkt: *pkt, seg_seq: seg.seq, payload_off: seg.payload_off as u32, pos, end, found: end, _pad: 0 };
-    // SAFETY: as in `walk`.
-    unsafe {
-        bpf_loop(MAX_RESYNC_SCAN, resync_step::<P> as *const () as *mut c_void, &mut c as *mut ResyncCtx<P> as *mut c_void, 0);
-    }
-    let found = c.found;
-    crate::parse::clobber(&mut c);
-    found
+    // SAFETY: `resync_step::<P>` reads its context as a ResyncCtx<P>.
+    unsafe { run_loop(MAX_RESYNC_SCAN, resync_step::<P>, &mut c, |c| c.found) }
 }
 
 /// Tries the header candidate at `pos`; stops when it is plausible and confirmed by the next
@@ -360,13 +345,13 @@ extern "C" fn resync_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
     }
     let seg = Segment { seq: c.seg_seq, len: c.end.wrapping_sub(c.seg_seq), payload_off: c.payload_off as usize };
     c.pos = p.wrapping_add(1);
-    let Some(h) = load_n::<P, 5>(&c.pkt, seg.off(p)) else { return 1 };
+    let Some(h) = c.pkt.read::<[u8; 5]>(seg.off(p)) else { return 1 };
     if !plausible_header(&h, MAX_RESYNC_RECORD_LEN) {
         return 0;
     }
     let next = p.wrapping_add(HEADER_LEN + u16::from_be_bytes([h[3], h[4]]) as u32);
     let confirmed = seq_diff(c.end, next) < HEADER_LEN as i32
-        || matches!(load_n::<P, 5>(&c.pkt, seg.off(next)), Some(h2) if plausible_header(&h2, MAX_RESYNC_RECORD_LEN));
+        || matches!(c.pkt.read::<[u8; 5]>(seg.off(next)), Some(h2) if plausible_header(&h2, MAX_RESYNC_RECORD_LEN));
     if confirmed {
         c.found = p;
         return 1;

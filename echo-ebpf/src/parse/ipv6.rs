@@ -1,6 +1,6 @@
 //! IPv6 with a bounded chain of extension headers.
 use super::{L3, Packet};
-use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
+use aya_ebpf::cty::c_void;
 use echo_common::FAMILY_V6;
 
 const HLEN: usize = 40;
@@ -70,16 +70,14 @@ pub fn parse<P: Packet>(pkt: &P, off: usize) -> Option<L3> {
     let mut dst = [0u8; 16];
     src.copy_from_slice(&h[8..24]);
     dst.copy_from_slice(&h[24..40]);
-    let mut c = ExtCtx { pkt: *pkt, l4: (off + HLEN) as u64, next: h[6], later_fragment: 0, cut: 0, _pad: [0; 5] };
-    if is_extension(c.next) {
-        // SAFETY: `ext_step::<P>` is a bpf_loop callback and `c` outlives the call.
-        unsafe {
-            bpf_loop(MAX_EXT_HEADERS as u32, ext_step::<P> as *const () as *mut c_void, &mut c as *mut ExtCtx<P> as *mut c_void, 0);
-        }
-    }
-    let (cut, next, l4, later_fragment) = (c.cut, c.next, c.l4 as usize, c.later_fragment != 0);
-    super::clobber(&mut c);
-    if cut != 0 || is_extension(next) {
+    let (cut, next, l4, later_fragment) = if is_extension(h[6]) {
+        let mut c = ExtCtx { pkt: *pkt, l4: (off + HLEN) as u64, next: h[6], later_fragment: 0, cut: 0, _pad: [0; 5] };
+        // SAFETY: `ext_step::<P>` reads its context as an ExtCtx<P>.
+        unsafe { super::run_loop(MAX_EXT_HEADERS as u32, ext_step::<P>, &mut c, |c| (c.cut != 0, c.next, c.l4 as usize, c.later_fragment != 0)) }
+    } else {
+        (false, h[6], off + HLEN, false)
+    };
+    if cut || is_extension(next) {
         return None;
     }
     let l3_end = off + HLEN + payload;

@@ -12,7 +12,7 @@ pub mod udp;
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
     cty::c_void,
-    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_loop, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
 };
 
 /// Read access to a packet, implemented for XDP (`bpf_xdp_load_bytes`) and TC
@@ -112,20 +112,28 @@ impl Packet for TcPacket {
     }
 }
 
-/// Overwrites `v` with zeros, 8 bytes at a time, in stores the compiler keeps: for a
-/// `bpf_loop` context once the loop is done. Such a context holds the packet's context
-/// pointer (and map value pointers) on the stack; without CAP_PERFMON the verifier refuses
-/// any later narrower store into a stack slot that still holds a pointer ("attempt to
-/// corrupt spilled pointer on stack"), and the compiler reuses the context's stack for other
-/// variables. `T` must be a multiple of 8 bytes.
+/// Runs `step` up to `n` times through `bpf_loop` on `ctx` (the verifier checks one step,
+/// not every iteration), returns what `result` reads from `ctx` once the loop is done, then
+/// overwrites `ctx` with zeros, 8 bytes at a time, in stores the compiler keeps. A loop's
+/// context holds the packet's context pointer (and map value pointers) on the stack; without
+/// CAP_PERFMON the verifier refuses any later narrower store into a stack slot that still
+/// holds a pointer ("attempt to corrupt spilled pointer on stack"), and the compiler reuses
+/// the context's stack for other variables. `C` must be a multiple of 8 bytes.
+///
+/// # Safety
+/// `step` must read its context argument as a `*mut C`.
 #[inline(always)]
-pub fn clobber<T>(v: &mut T) {
-    const { assert!(core::mem::size_of::<T>() % 8 == 0) };
-    let words = v as *mut T as *mut u64;
-    for i in 0..core::mem::size_of::<T>() / 8 {
-        // SAFETY: within `v`, which is 8-byte aligned as it holds 8-byte fields.
+pub unsafe fn run_loop<C, R>(n: u32, step: extern "C" fn(u64, *mut c_void) -> i64, ctx: &mut C, result: impl FnOnce(&C) -> R) -> R {
+    const { assert!(core::mem::size_of::<C>() % 8 == 0) };
+    // SAFETY: the caller vouches for `step`; `ctx` outlives the call.
+    unsafe { bpf_loop(n, step as *const () as *mut c_void, ctx as *mut C as *mut c_void, 0) };
+    let r = result(ctx);
+    let words = ctx as *mut C as *mut u64;
+    for i in 0..core::mem::size_of::<C>() / 8 {
+        // SAFETY: within `ctx`, which is 8-byte aligned as it holds 8-byte fields.
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
+    r
 }
 
 /// Layer-3 facts every later stage needs.
