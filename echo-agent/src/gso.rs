@@ -39,7 +39,11 @@ fn be16(b: &[u8], off: usize) -> Option<usize> {
     Some(u16::from_be_bytes([*b.get(off)?, *b.get(off + 1)?]) as usize)
 }
 
-fn split_points(f: &[u8]) -> Option<Headers> {
+pub const ETH_P_IPV4: usize = 0x0800;
+pub const ETH_P_IPV6: usize = 0x86dd;
+
+/// The EtherType after any VLAN tags, and the offset of the header it announces.
+pub fn l3_start(f: &[u8]) -> Option<(usize, usize)> {
     let mut off = ETH_HLEN;
     let mut proto = be16(f, 12)?;
     for _ in 0..MAX_VLAN_TAGS {
@@ -49,8 +53,13 @@ fn split_points(f: &[u8]) -> Option<Headers> {
         proto = be16(f, off + 2)?;
         off += VLAN_HLEN;
     }
+    Some((proto, off))
+}
+
+fn split_points(f: &[u8]) -> Option<Headers> {
+    let (proto, off) = l3_start(f)?;
     let (v4, tcp_off, l3_end) = match proto {
-        0x0800 => {
+        ETH_P_IPV4 => {
             let ihl = (*f.get(off)? as usize & 0xf) * 4;
             if f.get(off + 9) != Some(&6) || be16(f, off + 6)? & 0x3fff != 0 {
                 return None; // not TCP, or a fragment
@@ -59,7 +68,7 @@ fn split_points(f: &[u8]) -> Option<Headers> {
             // GRO/TSO frames above 64 KiB (BIG TCP) carry 0 here: use the frame length.
             (true, off + ihl, if total == 0 { f.len() } else { off + total })
         }
-        0x86dd => {
+        ETH_P_IPV6 => {
             if *f.get(off + 6)? != 6 {
                 return None; // extension headers: not produced by GRO/TSO for TCP
             }

@@ -29,4 +29,5 @@ pub mod report;
 pub mod run;
 pub mod stats;
 pub mod store;
+pub mod testrun;
 pub mod web_config;

@@ -3,28 +3,23 @@
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
-use anyhow::{Context as _, Result};
-use aya::programs::{TestRun, TestRunOptions};
+use anyhow::Result;
 use echo_common::{DestKey, DestStats, CLASS_NAMES, DIR_DOWNLOAD, DIR_UPLOAD, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 use serde::Serialize;
 
 use crate::{
     activation::{Interaction, Reason, Unexpected},
     analysis::{Config, Record, Session},
-    capture,
     clock::Clock,
     counters,
     device::Mac,
-    events::{self, Item},
+    events::Item,
     frames::Frame,
-    stats::ArmStats,
-    gso,
     loader::Programs,
     names::{NameTable, Source},
+    stats::ArmStats,
+    testrun,
 };
-
-/// Smallest frame XDP test_run accepts (an Ethernet header); shorter ones are counted apart.
-const MIN_FRAME: usize = 14;
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Report {
@@ -142,81 +137,6 @@ fn destinations(snap: &counters::Snapshot, names: &NameTable, device: u32) -> Ve
     out.into_values().collect()
 }
 
-/// Runs every frame (cut into wire segments, see `gso`) through the program that sees it
-/// live: XDP for frames from a device (and any other frame arriving on the interface), TC
-/// egress for frames to a device.
-/// Returns the frame count, the count of frames too short to run, and what the programs sent.
-pub fn run_frames(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result<(u64, u64, Vec<Item>)> {
-    let mut rings = progs.rings()?;
-    let mut events = Vec::new();
-    let mut short = 0u64;
-    let mut failure: Option<anyhow::Error> = None;
-    let mut last_ts = 0u64;
-    let frames = capture::for_each_frame(path, |ts, frame| {
-        if failure.is_some() {
-            return;
-        }
-        if frame.len() < MIN_FRAME {
-            short += 1;
-            return;
-        }
-        if ts != last_ts {
-            // The programs read "now" from the clock map: the capture's time, not ours.
-            if let Err(e) = progs.set_clock(ts.max(1)) {
-                failure = Some(e.into());
-                return;
-            }
-            last_ts = ts;
-        }
-        gso::for_each_segment(frame, |seg| {
-            if failure.is_none() {
-                if let Err(e) = run_one(progs, seg, devices) {
-                    failure = Some(e);
-                }
-                // Drained after every run, so the ring buffers never fill in replay.
-                events::drain_all(&mut rings, |item| events.push(item));
-            }
-        });
-    })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    progs.set_clock(0)?;
-    Ok((frames, short, events))
-}
-
-/// TC egress's verdict: "no opinion" (TC_ACT_UNSPEC, -1), the frame goes on.
-pub const TC_ACT_UNSPEC: u32 = u32::MAX;
-
-/// BPF_PROG_TEST_RUN refuses an skb whose EtherType promises an IP header the frame does not
-/// hold (the kernel's own rule for building the test skb).
-pub fn tc_test_run_accepts(frame: &[u8]) -> bool {
-    match frame.get(12..14) {
-        Some([0x08, 0x00]) => frame.len() >= 14 + 20,
-        Some([0x86, 0xdd]) => frame.len() >= 14 + 40,
-        Some(_) => true,
-        None => false,
-    }
-}
-
-/// One frame through the program that would see it live; returns its verdict.
-pub fn run_one(progs: &Programs, frame: &[u8], devices: &[Mac]) -> Result<u32> {
-    let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
-    let to_device = frame.len() >= 6 && devices.iter().any(|m| m.0 == frame[..6]);
-    let from_device = frame.len() >= 12 && devices.iter().any(|m| m.0 == frame[6..12]);
-    let r = if to_device && !from_device {
-        if !tc_test_run_accepts(frame) {
-            // The stack never transmits such a frame, so TC egress never sees one.
-            return Ok(TC_ACT_UNSPEC);
-        }
-        progs.tc().test_run(opts)
-    } else {
-        progs.xdp().test_run(opts)
-    };
-    let r = r.with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
-    Ok(r.return_value)
-}
-
 /// Builds the replay document from the maps and the events.
 pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64, items: &[Item], config: &Config) -> Result<Report> {
     let snap = counters::read(&progs.ebpf)?;
@@ -267,8 +187,8 @@ pub fn replay(path: &Path, devices: &[Mac], config: &Config) -> Result<Report> {
     progs.set_devices(devices)?;
     let keys: Vec<_> = config.markers.iter().map(|m| m.key()).collect();
     progs.set_markers(&keys)?;
-    let (frames, short, events) = run_frames(&mut progs, path, devices)?;
-    report(&progs, devices, frames, short, &events, config)
+    let run = testrun::run_capture(&mut progs, path, devices)?;
+    report(&progs, devices, run.frames, run.short_frames, &run.items, config)
 }
 
 /// A fixed-width table for people.

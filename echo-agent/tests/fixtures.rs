@@ -2,7 +2,7 @@
 //! each states the exact counters the XDP program must produce.
 
 use aya::programs::{TestRun, TestRunOptions};
-use echo_agent::{counters, device::Mac, loader::Programs, replay};
+use echo_agent::{counters, device::Mac, loader::Programs, testrun};
 use echo_common::{DestStats, PacketClass, DIR_UPLOAD, PACKET_CLASSES};
 use xtask::packets::{tls_stream, Ip, TcpFrame, ACK, DEVICE_MAC, PSH, SYN};
 
@@ -28,7 +28,7 @@ fn run(frames: &[Vec<u8>]) -> (Option<DestStats>, [u64; PACKET_CLASSES]) {
     let mut progs = Programs::load().expect("load programs (root needed)");
     progs.set_devices(&[Mac(DEVICE_MAC)]).unwrap();
     for f in frames {
-        assert_eq!(replay::run_one(&progs, f, &[Mac(DEVICE_MAC)]).unwrap(), 2, "XDP_PASS, always");
+        assert_eq!(testrun::run_one(&progs, f, 0, &[Mac(DEVICE_MAC)]).unwrap(), 2, "XDP_PASS, always");
     }
     let snap = counters::read(&progs.ebpf).unwrap();
     let tcp: Vec<_> = snap.dests.iter().filter(|(k, _)| k.proto == 6).collect();
@@ -293,10 +293,10 @@ fn malformed_frames_always_pass() {
         let mut down = f.clone();
         down[..6].copy_from_slice(&f[6..12]);
         down[6..12].copy_from_slice(&f[..6]);
-        if replay::tc_test_run_accepts(&down) {
+        if testrun::tc_test_run_accepts(&down) {
             let opts = TestRunOptions { data_in: Some(&down), ..Default::default() };
             let tc = progs.tc().test_run(opts).unwrap_or_else(|e| panic!("TC, frame {i} ({} bytes): {e}: {down:02x?}", down.len()));
-            assert_eq!(tc.return_value, replay::TC_ACT_UNSPEC, "TC, frame {i}: {down:02x?}");
+            assert_eq!(tc.return_value, testrun::TC_ACT_UNSPEC, "TC, frame {i}: {down:02x?}");
         }
     }
     let snap = counters::read(&progs.ebpf).unwrap();
@@ -350,6 +350,7 @@ fn marker_pings_become_events() {
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
     progs.set_markers(&markers.iter().map(|m| m.key()).collect::<Vec<_>>()).unwrap();
+    progs.set_capture_clock(true).unwrap();
     let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).unwrap()).unwrap();
     let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
     let hotspot = xtask::packets::HOTSPOT_MAC;
@@ -364,8 +365,7 @@ fn marker_pings_become_events() {
         (icmp_frame(hotspot, DEVICE_MAC, ip("192.0.2.4"), 8), Some(3)),
     ];
     for (i, (frame, slot)) in cases.iter().enumerate() {
-        progs.set_clock(1_000 + i as u64).unwrap();
-        replay::run_one(&progs, frame, &devices).unwrap();
+        testrun::run_one(&progs, frame, 1_000 + i as u64, &devices).unwrap();
         let mut got = Vec::new();
         events::drain(&mut ring, |e| got.push(e));
         let got: Vec<(u8, u8, u64)> = got.iter().map(|e| (e.kind, e.marker, e.ts_ns)).collect();
@@ -391,7 +391,7 @@ fn a_full_ring_buffer_counts_dropped_events_and_keeps_counters_exact() {
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
     for f in &frames {
-        replay::run_one(&progs, f, &devices).unwrap();
+        testrun::run_one(&progs, f, 0, &devices).unwrap();
     }
     let fit = (EVENTS_BYTES as usize / (8 + std::mem::size_of::<Event>())) as u64;
     let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).unwrap()).unwrap();

@@ -11,7 +11,7 @@ use echo_agent::{
     device::Mac,
     exporter::{Health, MapCollector},
     loader::Programs,
-    replay,
+    testrun,
 };
 use echo_common::{
     DEST_STATS_ENTRIES, FLOW_TABLE_ENTRIES, MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_EVENT_DROPS, MAP_FLOWS, MAP_INSERTS,
@@ -37,7 +37,7 @@ fn a_million_flows_to_100k_destinations_stay_bounded_and_the_busy_one_exact() {
     let mut progs = Programs::load().expect("load programs (root needed)");
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
-    let run = |progs: &Programs, f: &[u8]| assert_eq!(replay::run_one(progs, f, &devices).unwrap(), 2);
+    let run = |progs: &Programs, f: &[u8]| assert_eq!(testrun::run_one(progs, f, 0, &devices).unwrap(), 2);
 
     let isn = 7u32;
     run(&progs, &TcpFrame::upload_v4(isn, SYN, Vec::new()).build());

@@ -9,7 +9,7 @@ use echo_agent::{
     events::{self, Item, Rings},
     loader::Programs,
     names::{self, Learned, Source},
-    replay,
+    testrun,
 };
 use echo_common::{Snippet, SNIPPET_BYTES, SNIPPET_CLIENT_HELLO, SNIPPET_DNS};
 use simple_dns::{rdata, Name, Packet, Question, ResourceRecord, CLASS, QCLASS, QTYPE, TYPE};
@@ -32,7 +32,7 @@ fn load() -> (Programs, Rings) {
 /// Runs `frames` and returns the snippets they produced.
 fn snippets((progs, rings): &mut (Programs, Rings), frames: &[Vec<u8>]) -> Vec<Snippet> {
     for f in frames {
-        replay::run_one(progs, f, &[Mac(DEVICE_MAC)]).unwrap();
+        testrun::run_one(progs, f, 0, &[Mac(DEVICE_MAC)]).unwrap();
     }
     let mut out = Vec::new();
     events::drain_all(rings, |i| {

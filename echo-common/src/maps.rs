@@ -21,6 +21,19 @@ pub const MAP_CLASS_COUNTERS: &str = "CLASS_COUNTERS";
 pub const MAP_INSERTS: &str = "MAP_INSERTS";
 pub const MAP_CLOCK: &str = "CLOCK";
 
+/// `CLOCK`'s value in live operation: the programs read `bpf_ktime_get_ns`.
+pub const CLOCK_KERNEL: u64 = 0;
+/// `CLOCK`'s value in replay: every frame carries its capture time in nanoseconds, which the
+/// programs take as "now". An XDP frame carries it in `CAPTURE_TIME_META_LEN` bytes of XDP
+/// metadata right before the frame; a TC frame in `__sk_buff.cb[0]` (low half) and `cb[1]`
+/// (high half), at `SKB_CB_OFF`. No map update per frame, so replay costs one syscall a frame
+/// and several threads may replay at once, each frame with its own time.
+pub const CLOCK_CAPTURE: u64 = 1;
+/// Bytes of XDP metadata that carry a replayed frame's capture time (little-endian `u64`).
+pub const CAPTURE_TIME_META_LEN: usize = 8;
+/// Offset of `cb[0]` in `struct __sk_buff`: twelve `u32` fields precede it (UAPI, stable).
+pub const SKB_CB_OFF: usize = 48;
+
 /// Index into `MAP_INSERTS` for each LRU map whose insertions are counted.
 /// Evictions = insertions − live entries (the programs never delete).
 pub const INSERTS_FLOWS: u32 = 0;

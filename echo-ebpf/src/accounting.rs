@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use echo_common::{
     class_counter_index, mac_filter_bit, mac_key, DestKey, DestStats, Event, FlowKey, FlowState,
-    PacketClass, DIRECTIONS, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
+    PacketClass, CLOCK_CAPTURE, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
     FLOW_STREAM_START, INSERTS_DEST_STATS, INSERTS_FLOWS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
@@ -91,7 +91,7 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
         _pad: [0; 2],
     };
     if l3.later_fragment {
-        touch(&key, pkt.len());
+        touch(pkt, &key);
         return PacketClass::Other;
     }
     match l3.proto {
@@ -103,18 +103,18 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
         PROTO_UDP => {
             let Some(u) = udp::parse(pkt, l3.l4_off) else { return PacketClass::Other };
             key.port = if upload { u.dport } else { u.sport };
-            touch(&key, pkt.len());
+            touch(pkt, &key);
             if P::DIRECTION == DIR_DOWNLOAD && u.sport == DNS_PORT && u.payload_off < l3.l3_end {
                 snippets::dns(pkt, &key, u.payload_off, (l3.l3_end - u.payload_off) as u32);
             }
             if u.sport == DNS_PORT || u.dport == DNS_PORT { PacketClass::Dns } else { PacketClass::Other }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            touch(&key, pkt.len());
+            touch(pkt, &key);
             PacketClass::Icmp
         }
         _ => {
-            touch(&key, pkt.len());
+            touch(pkt, &key);
             PacketClass::Other
         }
     }
@@ -122,7 +122,7 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
 
 #[inline(always)]
 fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey) -> PacketClass {
-    let Some(stats) = touch(key, pkt.len()) else { return PacketClass::OtherTcp };
+    let Some(stats) = touch(pkt, key) else { return PacketClass::OtherTcp };
     stats.tcp_payload_bytes += seg.payload_len as u64;
     let fkey = FlowKey {
         src: l3.src,
@@ -203,7 +203,7 @@ fn flow_state(key: &FlowKey, seq: u32) -> Option<&'static mut FlowState> {
 
 /// The destination's counters (created on first use) with this packet counted.
 #[inline(always)]
-fn touch(key: &DestKey, wire: usize) -> Option<&'static mut DestStats> {
+fn touch<P: Packet>(pkt: &P, key: &DestKey) -> Option<&'static mut DestStats> {
     let p = match DEST_STATS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
@@ -215,13 +215,13 @@ fn touch(key: &DestKey, wire: usize) -> Option<&'static mut DestStats> {
     };
     // SAFETY: a valid per-CPU map value pointer, only used by this CPU.
     let s = unsafe { &mut *p };
-    let now = now_ns();
+    let now = now_ns(pkt);
     if s.first_seen_ns == 0 {
         s.first_seen_ns = now;
     }
     s.last_seen_ns = now;
     s.packets += 1;
-    s.wire_bytes += wire as u64;
+    s.wire_bytes += pkt.len() as u64;
     Some(s)
 }
 
@@ -255,11 +255,11 @@ pub fn emit(ev: &Event) {
     }
 }
 
-/// Now, in nanoseconds: the replay clock when set, else the monotonic clock.
+/// Now, in nanoseconds: the monotonic clock, or in replay the frame's capture time.
 #[inline(always)]
-pub fn now_ns() -> u64 {
+pub fn now_ns<P: Packet>(pkt: &P) -> u64 {
     match CLOCK.get(0) {
-        Some(&t) if t != 0 => t,
+        Some(&CLOCK_CAPTURE) => pkt.capture_time_ns(),
         // SAFETY: a helper without preconditions.
         _ => unsafe { bpf_ktime_get_ns() },
     }

@@ -49,9 +49,9 @@ pub static CLASS_COUNTERS: PerCpuArray<u64> =
 #[map]
 pub static MAP_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(INSERTS_SLOTS, 0);
 
-/// Clock override, index 0: when non-zero, the programs take this as "now" (nanoseconds)
-/// instead of `bpf_ktime_get_ns`. `echo-agent replay` sets it to each frame's capture time
-/// so that replayed first/last-seen times are the capture's. Zero in live operation.
+/// Which clock the programs read, index 0: `CLOCK_KERNEL` (live, `bpf_ktime_get_ns`) or
+/// `CLOCK_CAPTURE` (replay: each frame carries its capture time, so that replayed times are
+/// the capture's). Written by user space once, before a replay; read on every counted frame.
 #[map]
 pub static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 

@@ -45,7 +45,7 @@ pub fn check<P: Packet>(pkt: &P, l3: &L3, direction: u8) {
         unsafe { *c += 1 };
     }
     emit(&Event {
-        ts_ns: now_ns(),
+        ts_ns: now_ns(pkt),
         addr: l3.dst,
         bytes: (l3.l3_end - l3.l4_off) as u32,
         kind: EVENT_MARKER,

@@ -57,7 +57,7 @@ fn send<P: Packet>(pkt: &P, kind: u8, key: &DestKey, off: usize, len: u32) {
     // SAFETY: `s` points at a reserved entry of `size_of::<Snippet>()` bytes; every field but
     // `data` is written here, and `data[..n]` by the load (n <= SNIPPET_BYTES).
     let copied = unsafe {
-        (*s).ts_ns = now_ns();
+        (*s).ts_ns = now_ns(pkt);
         (*s).addr = key.addr;
         (*s).len = n;
         (*s).wire_len = len;

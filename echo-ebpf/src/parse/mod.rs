@@ -9,6 +9,8 @@ pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 
+use echo_common::CAPTURE_TIME_META_LEN;
+
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
     cty::c_void,
@@ -52,6 +54,9 @@ pub trait Packet: Copy {
     fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool;
     /// Length of the whole packet in bytes.
     fn len(&self) -> usize;
+    /// The capture time a replayed frame carries (see `echo_common::CLOCK_CAPTURE`); 0 when
+    /// it carries none. Only meaningful in replay.
+    fn capture_time_ns(&self) -> u64;
 }
 
 /// An XDP frame. Holds the context pointer by value so that `bpf_loop` callbacks can carry it.
@@ -86,6 +91,19 @@ impl Packet for XdpPacket {
         // SAFETY: the context the kernel handed to the program.
         unsafe { bpf_xdp_get_buff_len(self.ctx) as usize }
     }
+
+    /// From the metadata right before the frame: constant offsets from `data_meta`, checked
+    /// against `data`, as the verifier wants them.
+    #[inline(always)]
+    fn capture_time_ns(&self) -> u64 {
+        // SAFETY: the context the kernel handed to the program.
+        let (meta, data) = unsafe { ((*self.ctx).data_meta as usize, (*self.ctx).data as usize) };
+        if meta + CAPTURE_TIME_META_LEN > data {
+            return 0;
+        }
+        // SAFETY: bounds checked right above; the verifier checks it again.
+        unsafe { (meta as *const u64).read_unaligned() }
+    }
 }
 
 /// A socket buffer at TC. `bpf_skb_load_bytes` also reaches a GSO super-packet's payload,
@@ -109,6 +127,13 @@ impl Packet for TcPacket {
     fn len(&self) -> usize {
         // SAFETY: the context the kernel handed to the program.
         unsafe { (*self.skb).len as usize }
+    }
+
+    #[inline(always)]
+    fn capture_time_ns(&self) -> u64 {
+        // SAFETY: the context the kernel handed to the program; `cb` is readable at TC.
+        let cb = unsafe { (*self.skb).cb };
+        cb[0] as u64 | (cb[1] as u64) << 32
     }
 }
 
