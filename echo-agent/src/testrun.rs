@@ -74,10 +74,9 @@ pub fn run_one(progs: &Programs, frame: &[u8], ts_ns: u64, devices: &[Mac]) -> R
             buf.extend_from_slice(frame);
             // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
             // egress_ifindex }: the frame starts after the metadata.
-            let mut md = [0u32; 6];
-            md[0] = CAPTURE_TIME_META_LEN as u32;
-            md[1] = buf.len() as u32;
-            let md: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let mut md = [0u8; 6 * 4];
+            md[..4].copy_from_slice(&(CAPTURE_TIME_META_LEN as u32).to_ne_bytes());
+            md[4..8].copy_from_slice(&(buf.len() as u32).to_ne_bytes());
             progs.xdp().test_run(TestRunOptions { data_in: Some(buf), ctx_in: Some(&md), ..Default::default() })
         })
     };

@@ -403,3 +403,31 @@ fn a_full_ring_buffer_counts_dropped_events_and_keeps_counters_exact() {
     let (_, s) = snap.dests.iter().find(|(k, _)| k.proto == 6).expect("the flow's destination");
     assert_eq!((s.tls_app_bytes, s.tls_app_records, s.unsynced_bytes), ((SEGMENTS * PAYLOAD) as u64, SEGMENTS as u64, 0));
 }
+
+/// Replay on several threads hands one CPU frames of different flows out of capture order:
+/// a destination's first and last seen must be the earliest and latest capture times, not
+/// those of the first and last frames run, and each event carries its own frame's time.
+#[test]
+fn first_and_last_seen_are_the_earliest_and_latest_times_in_any_run_order() {
+    let devices = [Mac(DEVICE_MAC)];
+    let mut progs = Programs::load().unwrap();
+    progs.set_devices(&devices).unwrap();
+    progs.set_capture_clock(true).unwrap();
+    let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(echo_common::MAP_EVENTS).unwrap()).unwrap();
+    // Two connections to one destination (10.77.2.10:443), from ports 40000 and 40001.
+    let conn = |sport: u16| -> Vec<Vec<u8>> {
+        flow(&tls_stream(&[(APP, 100)]), &[], &[], |f| f.sport = sport)
+    };
+    // Run order: the second connection (times 3000, 4000) before the first (1000, 2000).
+    let mut times = Vec::new();
+    for (frames, t0) in [(conn(40_001), 3_000u64), (conn(40_000), 1_000)] {
+        for (i, f) in frames.iter().enumerate() {
+            testrun::run_one(&progs, f, t0 + 1_000 * i as u64, &devices).unwrap();
+            echo_agent::events::drain(&mut ring, |e| times.push(e.ts_ns));
+        }
+    }
+    let snap = counters::read(&progs.ebpf).unwrap();
+    let (_, s) = snap.dests.iter().find(|(k, _)| k.proto == 6).expect("the TCP destination");
+    assert_eq!((s.first_seen_ns, s.last_seen_ns, s.packets), (1_000, 4_000, 4));
+    assert_eq!(times, vec![4_000, 2_000], "one app-data event per connection, at its frame's time");
+}

@@ -81,6 +81,7 @@ fn parse_l3<P: Packet>(pkt: &P) -> Option<L3> {
 #[inline(always)]
 fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> PacketClass {
     let upload = direction == DIR_UPLOAD;
+    let now = now_ns(pkt);
     let mut key = DestKey {
         addr: if upload { l3.dst } else { l3.src },
         port: 0,
@@ -91,38 +92,38 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
         _pad: [0; 2],
     };
     if l3.later_fragment {
-        touch(pkt, &key);
+        touch(pkt, &key, now);
         return PacketClass::Other;
     }
     match l3.proto {
         PROTO_TCP => {
             let Some(seg) = tcp::parse(pkt, l3.l4_off, l3.l3_end) else { return PacketClass::Other };
             key.port = if upload { seg.dport } else { seg.sport };
-            account_tcp(pkt, l3, &seg, &key)
+            account_tcp(pkt, l3, &seg, &key, now)
         }
         PROTO_UDP => {
             let Some(u) = udp::parse(pkt, l3.l4_off) else { return PacketClass::Other };
             key.port = if upload { u.dport } else { u.sport };
-            touch(pkt, &key);
+            touch(pkt, &key, now);
             if P::DIRECTION == DIR_DOWNLOAD && u.sport == DNS_PORT && u.payload_off < l3.l3_end {
                 snippets::dns(pkt, &key, u.payload_off, (l3.l3_end - u.payload_off) as u32);
             }
             if u.sport == DNS_PORT || u.dport == DNS_PORT { PacketClass::Dns } else { PacketClass::Other }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            touch(pkt, &key);
+            touch(pkt, &key, now);
             PacketClass::Icmp
         }
         _ => {
-            touch(pkt, &key);
+            touch(pkt, &key, now);
             PacketClass::Other
         }
     }
 }
 
 #[inline(always)]
-fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey) -> PacketClass {
-    let Some(stats) = touch(pkt, key) else { return PacketClass::OtherTcp };
+fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey, now: u64) -> PacketClass {
+    let Some(stats) = touch(pkt, key, now) else { return PacketClass::OtherTcp };
     stats.tcp_payload_bytes += seg.payload_len as u64;
     let fkey = FlowKey {
         src: l3.src,
@@ -162,7 +163,7 @@ fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey) -> Pa
     let added = t.stats.tls_app_bytes.wrapping_sub(app_bytes);
     if added != 0 {
         emit(&Event {
-            ts_ns: t.stats.last_seen_ns,
+            ts_ns: now,
             addr: key.addr,
             bytes: added as u32,
             records: t.stats.tls_app_records.wrapping_sub(app_records) as u16,
@@ -203,7 +204,7 @@ fn flow_state(key: &FlowKey, seq: u32) -> Option<&'static mut FlowState> {
 
 /// The destination's counters (created on first use) with this packet counted.
 #[inline(always)]
-fn touch<P: Packet>(pkt: &P, key: &DestKey) -> Option<&'static mut DestStats> {
+fn touch<P: Packet>(pkt: &P, key: &DestKey, now: u64) -> Option<&'static mut DestStats> {
     let p = match DEST_STATS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
@@ -215,11 +216,15 @@ fn touch<P: Packet>(pkt: &P, key: &DestKey) -> Option<&'static mut DestStats> {
     };
     // SAFETY: a valid per-CPU map value pointer, only used by this CPU.
     let s = unsafe { &mut *p };
-    let now = now_ns(pkt);
-    if s.first_seen_ns == 0 {
+    // The earliest and latest times, not the first and last written: a replay on several
+    // threads hands one CPU frames of different flows out of capture order (live, the
+    // monotonic clock makes both the same).
+    if s.first_seen_ns == 0 || now < s.first_seen_ns {
         s.first_seen_ns = now;
     }
-    s.last_seen_ns = now;
+    if now > s.last_seen_ns {
+        s.last_seen_ns = now;
+    }
     s.packets += 1;
     s.wire_bytes += pkt.len() as u64;
     Some(s)

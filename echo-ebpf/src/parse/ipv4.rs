@@ -1,12 +1,12 @@
 //! IPv4 with options (IHL up to 15 words).
-use super::{L3, Packet};
+use super::{ethernet::ETH_HLEN, L3, Packet};
 use echo_common::FAMILY_V4;
 
 const MIN_HLEN: usize = 20;
 
 #[inline(always)]
 pub fn parse<P: Packet>(pkt: &P, off: usize) -> Option<L3> {
-    let h: [u8; MIN_HLEN] = pkt.read(off)?;
+    let h: [u8; MIN_HLEN] = pkt.read_usual::<_, ETH_HLEN>(off)?;
     if h[0] >> 4 != 4 {
         return None;
     }

@@ -1,9 +1,9 @@
 //! IPv6 with a bounded chain of extension headers.
-use super::{L3, Packet};
+use super::{ethernet::ETH_HLEN, L3, Packet};
 use aya_ebpf::cty::c_void;
 use echo_common::FAMILY_V6;
 
-const HLEN: usize = 40;
+pub const HLEN: usize = 40;
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;
@@ -61,7 +61,7 @@ extern "C" fn ext_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
 
 #[inline(always)]
 pub fn parse<P: Packet>(pkt: &P, off: usize) -> Option<L3> {
-    let h: [u8; HLEN] = pkt.read(off)?;
+    let h: [u8; HLEN] = pkt.read_usual::<_, ETH_HLEN>(off)?;
     if h[0] >> 4 != 6 {
         return None;
     }
