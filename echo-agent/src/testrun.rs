@@ -184,10 +184,12 @@ pub fn run_capture(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result
     progs.set_capture_clock(false)?;
     let (frames, short_frames) = counted?;
     let (_, mut items) = shared.into_inner().expect("no thread panics holding it");
-    // Snippets before events of the same time, as one thread drains them (`drain_all`).
+    // Snippets before events of the same time, as one thread drains them (`drain_all`), and
+    // events of one time by kind, so that no tie between threads depends on which ran first
+    // (the sort is stable: one flow's events of one time keep their order).
     items.sort_by_key(|item| match item {
         Item::Snippet(s) => (s.ts_ns, 0),
-        Item::Event(e) => (e.ts_ns, 1),
+        Item::Event(e) => (e.ts_ns, 1 + e.kind as u16),
     });
     Ok(Run { frames, short_frames, items })
 }
