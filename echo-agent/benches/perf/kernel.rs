@@ -129,6 +129,7 @@ pub fn run(scale: Scale) -> Result<String> {
         Class { name: "TLS segment, 4 records", shape: plain, records: vec![(APP, 345); 4], len: 1400 },
         Class { name: "TLS segment, 60 records", shape: plain, records: vec![(APP, 18); 60], len: 1380 },
         Class { name: "records across segments (headers split)", shape: plain, records: vec![(APP, 697)], len: 1400 },
+        Class { name: "inside 16 KiB records (bulk upload)", shape: plain, records: vec![(APP, 16_384)], len: 1400 },
         Class {
             name: "IPv6 + hop-by-hop + destination options, 1 record",
             shape: |f| f.ip = Ip::V6 { src: [0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], dst: [0xfd, 0x77, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10], ext: vec![(0, vec![1, 4, 0, 0, 0, 0]), (60, vec![1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])] },
