@@ -37,7 +37,12 @@ pub fn goal(met: bool) -> &'static str {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // ECHO_BENCH_ONLY=kernel|offline|live path|agent cost runs one section.
-    let scale = if quick { Scale { quick, rounds: 3, packets: 100_000 } } else { Scale { quick, rounds: 5, packets: 1_000_000 } };
+    let mut scale = if quick { Scale { quick, rounds: 3, packets: 100_000 } } else { Scale { quick, rounds: 5, packets: 1_000_000 } };
+    // ECHO_BENCH_ROUNDS=R,PACKETS overrides the size (for A/B runs of one section).
+    if let Some((r, p)) = std::env::var("ECHO_BENCH_ROUNDS").ok().and_then(|v| v.split_once(',').and_then(|(r, p)| Some((r.parse().ok()?, p.parse().ok()?)))) {
+        scale.rounds = r;
+        scale.packets = p;
+    }
     let mut report = String::new();
     let uname = std::process::Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
