@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod counters;
 pub mod device;
+pub mod device_table;
 pub mod events;
 pub mod experiment;
 pub mod exporter;

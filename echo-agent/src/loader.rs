@@ -9,12 +9,11 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use echo_common::{
-    mac_filter_bit, mac_key, DeviceInfo, MarkerInfo, MarkerKey, CLOCK_CAPTURE, CLOCK_KERNEL, MAP_CLOCK, MAP_DEVICES,
-    MAP_DEVICE_FILTER, MAP_EVENTS, MAP_MARKERS, MAP_MARKERS_ON, MAP_SNIPPETS, MAX_DEVICES, MAX_MARKERS,
+    DeviceSlot, MarkerInfo, MarkerKey, CLOCK_CAPTURE, CLOCK_KERNEL, DEVICE_SLOTS, MAP_CLOCK, MAP_DEVICE_TABLE, MAP_EVENTS, MAP_MARKERS, MAP_MARKERS_ON, MAP_SNIPPETS, MAX_DEVICES, MAX_MARKERS,
 };
 use thiserror::Error;
 
-use crate::{device::Mac, pins};
+use crate::{device::Mac, device_table, pins};
 
 /// The programs, compiled for the BPF target by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/echo-ebpf"));
@@ -180,39 +179,24 @@ impl Programs {
     }
 
     /// Makes `devices` the monitored devices. A device keeps the index it had in the (pinned)
-    /// map, so counters of a restarted agent stay with their device whatever the flag order;
-    /// devices no longer listed are removed. Returns each device's index, in `devices` order.
+    /// table, so counters of a restarted agent stay with their device whatever the flag order;
+    /// devices no longer listed are removed. Only slots that change are written, so a restart
+    /// with the same devices leaves the table the running programs probe untouched. Returns
+    /// each device's index, in `devices` order.
     pub fn set_devices(&mut self, devices: &[Mac]) -> Result<Vec<u32>, LoadError> {
         if devices.len() > MAX_DEVICES as usize {
             return Err(LoadError::TooManyDevices(devices.len()));
         }
-        let map_err = |e| LoadError::Map(MAP_DEVICES, e);
-        let mut map: HashMap<_, [u8; 8], DeviceInfo> = HashMap::try_from(self.map_mut(MAP_DEVICES)).map_err(map_err)?;
-        let existing: Vec<([u8; 8], DeviceInfo)> = map.iter().collect::<Result<_, _>>().map_err(map_err)?;
-        let wanted: Vec<[u8; 8]> = devices.iter().map(|m| mac_key(m.0)).collect();
-        for (key, _) in existing.iter().filter(|(k, _)| !wanted.contains(k)) {
-            map.remove(key).map_err(map_err)?;
+        let map_err = |e| LoadError::Map(MAP_DEVICE_TABLE, e);
+        let mut map: Array<_, DeviceSlot> = Array::try_from(self.map_mut(MAP_DEVICE_TABLE)).map_err(map_err)?;
+        let old: Vec<DeviceSlot> = (0..DEVICE_SLOTS).map(|i| map.get(&i, 0)).collect::<Result<_, _>>().map_err(map_err)?;
+        let indices = device_table::indices(devices, &old);
+        let table = device_table::build(devices, &indices);
+        for (i, (o, n)) in old.iter().zip(&table).enumerate() {
+            if o != n {
+                map.set(i as u32, n, 0).map_err(map_err)?;
+            }
         }
-        let mut used: Vec<u32> =
-            existing.iter().filter(|(k, _)| wanted.contains(k)).map(|(_, v)| v.index).collect();
-        let mut indices = Vec::with_capacity(devices.len());
-        let mut filter = 0u64;
-        for (mac, key) in devices.iter().zip(&wanted) {
-            let index = match existing.iter().find(|(k, _)| k == key) {
-                Some((_, v)) => v.index,
-                None => {
-                    let free = (0..MAX_DEVICES).find(|i| !used.contains(i)).expect("at most MAX_DEVICES devices");
-                    used.push(free);
-                    free
-                }
-            };
-            map.insert(key, DeviceInfo { index, _reserved: 0 }, 0).map_err(map_err)?;
-            filter |= mac_filter_bit(mac.0);
-            indices.push(index);
-        }
-        let mut arr: Array<_, u64> =
-            Array::try_from(self.map_mut(MAP_DEVICE_FILTER)).map_err(|e| LoadError::Map(MAP_DEVICE_FILTER, e))?;
-        arr.set(0, filter, 0).map_err(|e| LoadError::Map(MAP_DEVICE_FILTER, e))?;
         Ok(indices)
     }
 

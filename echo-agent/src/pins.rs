@@ -12,7 +12,7 @@ use std::{
 
 use aya::maps::MapInfo;
 use echo_common::{
-    MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_DEVICES, MAP_DEVICE_FILTER, MAP_EVENTS, MAP_EVENT_DROPS,
+    MAP_CLASS_COUNTERS, MAP_DEST_STATS, MAP_DEVICE_TABLE, MAP_EVENTS, MAP_EVENT_DROPS,
     MAP_FLOWS, MAP_INSERTS, MAP_MARKERS, MAP_MARKERS_ON, MAP_MARKER_PINGS, MAP_SNIPPETS,
     MAP_SNIPPET_DROPS,
 };
@@ -29,8 +29,7 @@ pub const TC_LINK: &str = "link_tc";
 
 /// Maps shared by successive agents (everything but the clock switch and scratch space).
 pub const PINNED_MAPS: &[&str] = &[
-    MAP_DEVICES,
-    MAP_DEVICE_FILTER,
+    MAP_DEVICE_TABLE,
     MAP_FLOWS,
     MAP_DEST_STATS,
     MAP_CLASS_COUNTERS,
@@ -50,6 +49,8 @@ pub enum PinError {
     Mount(#[source] io::Error),
     #[error("cannot create pin directory {0}")]
     Dir(PathBuf, #[source] io::Error),
+    #[error("cannot read pin directory {0}")]
+    Read(PathBuf, #[source] io::Error),
     #[error("cannot remove stale pin {0}")]
     Remove(PathBuf, #[source] io::Error),
 }
@@ -90,10 +91,24 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Removes every pinned map in `dir` whose key size, value size or max entries differ from
-/// the object's definition (an older or newer agent's layout), so the loader recreates it.
-/// Returns one note per map removed.
+/// the object's definition (an older or newer agent's layout), so the loader recreates it,
+/// and every pinned map this agent does not use (an older agent's, such as the `DEVICES` and
+/// `DEVICE_FILTER` that `DEVICE_TABLE` replaced). Returns one note per map removed.
 pub fn check_layout(dir: &Path, obj: &aya_obj::Object) -> Result<Vec<String>, PinError> {
     let mut notes = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(notes),
+        Err(e) => return Err(PinError::Read(dir.to_path_buf(), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| PinError::Read(dir.to_path_buf(), e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("link_") && !PINNED_MAPS.contains(&name.as_str()) {
+            std::fs::remove_file(entry.path()).map_err(|e| PinError::Remove(entry.path(), e))?;
+            notes.push(format!("pinned map {name} is not used by this agent: removed"));
+        }
+    }
     for &name in PINNED_MAPS {
         let path = dir.join(name);
         if !path.exists() {

@@ -2,9 +2,9 @@
 //! each states the exact counters the XDP program must produce.
 
 use aya::programs::{TestRun, TestRunOptions};
-use echo_agent::{counters, device::Mac, loader::Programs, testrun};
-use echo_common::{DestStats, PacketClass, DIR_UPLOAD, PACKET_CLASSES};
-use xtask::packets::{tls_stream, Ip, TcpFrame, ACK, DEVICE_MAC, PSH, SYN};
+use echo_agent::{counters, device::Mac, events, loader::Programs, testrun};
+use echo_common::{DestStats, PacketClass, DIR_DOWNLOAD, DIR_UPLOAD, MAX_DEVICES, PACKET_CLASSES};
+use xtask::packets::{tls_stream, udp_v4, Ip, TcpFrame, ACK, DEVICE_MAC, HOTSPOT_MAC, PSH, SYN};
 
 const ISN: u32 = 0xffff_ff00; // close to wrapping, so sequence arithmetic wraps mid-fixture
 const APP: u8 = 23;
@@ -216,6 +216,35 @@ fn other_macs_pass_untouched_and_uncounted() {
     assert_eq!(classes, [0; PACKET_CLASSES]);
 }
 
+/// The worst case of the device table: 16 devices whose probes all start at one slot, and a
+/// 17th MAC of that slot that is not monitored. Each device's upload is counted for it alone,
+/// a download to the last one (the TC program probes the destination MAC) too, the 17th
+/// nothing.
+#[test]
+fn sixteen_devices_of_one_home_slot_are_each_found() {
+    let macs = echo_agent::device_table::colliding(MAX_DEVICES as usize + 1);
+    let (devices, other) = (&macs[..MAX_DEVICES as usize], macs[MAX_DEVICES as usize]);
+    let mut progs = Programs::load().expect("load programs (root needed)");
+    assert_eq!(progs.set_devices(devices).unwrap(), (0..MAX_DEVICES).collect::<Vec<_>>());
+    for (i, mac) in macs.iter().enumerate() {
+        for f in flow(&tls_stream(&[(APP, 100 + i)]), &[], &[], |f| {
+            f.src_mac = mac.0;
+            f.sport = 40_000 + i as u16;
+        }) {
+            testrun::run_one(&progs, &f, 0, &macs).unwrap();
+        }
+    }
+    let down = udp_v4((HOTSPOT_MAC, devices[15].0), [10, 77, 2, 10], [10, 77, 1, 2], (5000, 6000), &[0; 33]);
+    testrun::run_one(&progs, &down, 0, devices).unwrap();
+    let snap = counters::read(&progs.ebpf).unwrap();
+    let mut got: Vec<(u8, u8, u8, u64, u64)> = snap.dests.iter().map(|(k, s)| (k.device, k.direction, k.proto, s.packets, s.tls_app_bytes)).collect();
+    got.sort();
+    let mut want: Vec<(u8, u8, u8, u64, u64)> = (0..MAX_DEVICES as u8).map(|i| (i, DIR_UPLOAD, 6, 2, 100 + i as u64)).collect();
+    want.push((15, DIR_DOWNLOAD, 17, 1, 0));
+    want.sort();
+    assert_eq!(got, want, "{other} is not monitored");
+}
+
 #[test]
 fn non_tls_flow_counts_tcp_only() {
     let frames = flow(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &[], &[], plain);
@@ -341,7 +370,7 @@ fn icmp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], dst: std::net::IpAddr, icmp_ty
 /// not; MARKER_PINGS counts the same.
 #[test]
 fn marker_pings_become_events() {
-    use echo_agent::{events, markers::MarkerSpec};
+    use echo_agent::markers::MarkerSpec;
     use echo_common::{EVENT_MARKER, MAP_EVENTS};
     let controller = [0x02, 0xec, 0x40, 0x00, 0x00, 0x03];
     let markers: Vec<MarkerSpec> =
@@ -402,6 +431,37 @@ fn a_full_ring_buffer_counts_dropped_events_and_keeps_counters_exact() {
     let snap = counters::read(&progs.ebpf).unwrap();
     let (_, s) = snap.dests.iter().find(|(k, _)| k.proto == 6).expect("the flow's destination");
     assert_eq!((s.tls_app_bytes, s.tls_app_records, s.unsynced_bytes), ((SEGMENTS * PAYLOAD) as u64, SEGMENTS as u64, 0));
+}
+
+/// The live clocks: an app-data event carries CLOCK_MONOTONIC (frames and windows are cut by
+/// event times, compared with the agent's own clock readings), a destination's first and last
+/// times CLOCK_MONOTONIC_COARSE (read on every counted frame, for a seventh of the cost).
+/// Either clock in the other's place falls outside its bounds but for a tick landing between
+/// the two readings (4 ms ticks, a run of ~0.1 ms).
+#[test]
+fn live_events_carry_the_monotonic_clock_and_counters_the_coarse_one() {
+    let now = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid timespec.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    let mut progs = Programs::load().unwrap();
+    let devices = [Mac(DEVICE_MAC)];
+    progs.set_devices(&devices).unwrap();
+    let mut rings = progs.rings().unwrap();
+    let (fine0, coarse0) = (now(libc::CLOCK_MONOTONIC), now(libc::CLOCK_MONOTONIC_COARSE));
+    for f in flow(&tls_stream(&[(APP, 100)]), &[], &[], plain) {
+        testrun::run_one(&progs, &f, 0, &devices).unwrap();
+    }
+    let (fine1, coarse1) = (now(libc::CLOCK_MONOTONIC), now(libc::CLOCK_MONOTONIC_COARSE));
+    let mut got = Vec::new();
+    events::drain(&mut rings.events, |e| got.push((e.bytes, e.ts_ns)));
+    assert_eq!(got.len(), 1, "one app-data event: {got:?}");
+    assert!(got[0].0 == 100 && (fine0..=fine1).contains(&got[0].1), "event {got:?} within [{fine0}, {fine1}]");
+    let snap = counters::read(&progs.ebpf).unwrap();
+    let (_, s) = snap.dests.iter().find(|(k, _)| k.proto == 6).expect("the flow's destination");
+    assert!(coarse0 <= s.first_seen_ns && s.first_seen_ns <= s.last_seen_ns && s.last_seen_ns <= coarse1, "{s:?} within [{coarse0}, {coarse1}]");
 }
 
 /// Replay on several threads hands one CPU frames of different flows out of capture order:

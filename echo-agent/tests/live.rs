@@ -244,6 +244,8 @@ fn layout_mismatch_recreated_and_clean_detach() {
     // A one-entry per-CPU array pinned where DEST_STATS belongs.
     let other = echo_agent::loader::Programs::load().unwrap();
     other.ebpf.map("EVENT_DROPS").unwrap().pin(dir.join("DEST_STATS")).unwrap();
+    // And a map of an older agent's layout, which this agent no longer has.
+    other.ebpf.map("SNIPPET_DROPS").unwrap().pin(dir.join("DEVICE_FILTER")).unwrap();
     drop(other);
     let mut agent = Agent::start(Path::new(BIN), &topo, &["--device", &device_flag(), "--state-dir", &state_dir(&topo)]).expect("agent");
     let log = agent.log_text();
@@ -251,6 +253,8 @@ fn layout_mismatch_recreated_and_clean_detach() {
         log.contains("echo-agent: pinned map DEST_STATS has layout key=4 value=8 entries=1, this agent needs key=24 value=104 entries=16384: recreated (its counts start over)"),
         "{log}"
     );
+    assert!(log.contains("echo-agent: pinned map DEVICE_FILTER is not used by this agent: removed"), "{log}");
+    assert!(!dir.join("DEVICE_FILTER").exists());
     assert_eq!(agent.terminate().unwrap().code(), Some(0));
     let left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(left.iter().all(|n| !n.starts_with("link_")), "links unpinned on SIGTERM: {left:?}");

@@ -71,17 +71,13 @@ pub const CLASS_NAMES: [&str; PACKET_CLASSES] = [
     "other",
 ];
 
-/// Formats a MAC address as the key of the device map (6 address bytes, 2 zero bytes).
+/// The slot of `DEVICE_TABLE` where the probe for `mac` starts: the MAC as a number times a
+/// 64-bit odd constant (Fibonacci hashing), top bits. Devices of one vendor share their first
+/// three bytes; the multiplication spreads the rest over every slot.
 #[inline(always)]
-pub const fn mac_key(mac: [u8; 6]) -> [u8; 8] {
-    [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]
-}
-
-/// The bit a MAC sets in the device pre-filter bitmap (see `DEVICE_FILTER`): a 64-bit
-/// one-hash Bloom filter, so frames from other MACs usually skip the hash lookup.
-#[inline(always)]
-pub const fn mac_filter_bit(mac: [u8; 6]) -> u64 {
-    1u64 << ((mac[4] ^ mac[5]) & 63)
+pub const fn device_home_slot(mac: [u8; 6]) -> u32 {
+    let m = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
+    (m.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - DEVICE_SLOTS.trailing_zeros())) as u32
 }
 
 /// Signed distance `a - b` in TCP sequence space (RFC 1982 serial arithmetic).

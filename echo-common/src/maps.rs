@@ -1,7 +1,7 @@
 //! Map keys, values, names and sizes. The comments above each map in `echo-ebpf/src/maps.rs`
 //! say who writes and who reads; the sizes here are the single source for both sides.
 
-/// Most devices one agent monitors. Bounds `DEVICES` and the device dimension of
+/// Most devices one agent monitors. Bounds `DEVICE_TABLE`'s probes and the device dimension of
 /// `CLASS_COUNTERS`; a household has a handful of smart speakers.
 pub const MAX_DEVICES: u32 = 16;
 
@@ -12,16 +12,21 @@ pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
 /// Destination counter table size (LRU, per CPU): (device, direction, address, port, protocol).
 pub const DEST_STATS_ENTRIES: u32 = 16_384;
 
+/// Slots of `DEVICE_TABLE` (a power of two): 16 per possible device, so that the probe for a
+/// frame of another MAC almost always ends at its first slot, empty.
+pub const DEVICE_SLOTS: u32 = 256;
+
 /// Map names as they appear in the object file and under the pin directory.
-pub const MAP_DEVICES: &str = "DEVICES";
-pub const MAP_DEVICE_FILTER: &str = "DEVICE_FILTER";
+pub const MAP_DEVICE_TABLE: &str = "DEVICE_TABLE";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_DEST_STATS: &str = "DEST_STATS";
 pub const MAP_CLASS_COUNTERS: &str = "CLASS_COUNTERS";
 pub const MAP_INSERTS: &str = "MAP_INSERTS";
 pub const MAP_CLOCK: &str = "CLOCK";
 
-/// `CLOCK`'s value in live operation: the programs read `bpf_ktime_get_ns`.
+/// `CLOCK`'s value in live operation: the programs read `bpf_ktime_get_ns` for events and
+/// `bpf_ktime_get_coarse_ns` (a tick's resolution, for a seventh of the cost) for the first
+/// and last times in `DEST_STATS`.
 pub const CLOCK_KERNEL: u64 = 0;
 /// `CLOCK`'s value in replay: every frame carries its capture time in nanoseconds, which the
 /// programs take as "now". An XDP frame carries it in `CAPTURE_TIME_META_LEN` bytes of XDP
@@ -40,12 +45,36 @@ pub const INSERTS_FLOWS: u32 = 0;
 pub const INSERTS_DEST_STATS: u32 = 1;
 pub const INSERTS_SLOTS: u32 = 2;
 
-/// Value of `DEVICES`: the device's dense index, used in every other key.
+/// One slot of `DEVICE_TABLE`, an open-addressing table of the monitored MACs with linear
+/// probing: a device sits at `device_home_slot(mac)` or at one of the next `MAX_DEVICES - 1`
+/// slots (at most `MAX_DEVICES - 1` others can be in the way). A probe ends at the device's
+/// slot or at an empty one. Read by the programs as one `u64`: the first seven bytes compared
+/// at once (`DeviceSlot::probe_key`), the index taken from the eighth.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DeviceInfo {
-    pub index: u32,
-    pub _reserved: u32,
+pub struct DeviceSlot {
+    pub mac: [u8; 6],
+    /// `SLOT_USED` when a device sits here, 0 for an empty slot.
+    pub used: u8,
+    /// The device's dense index (below `MAX_DEVICES`), used in every other key.
+    pub index: u8,
+}
+
+/// `DeviceSlot::used` of an occupied slot.
+pub const SLOT_USED: u8 = 1;
+
+impl DeviceSlot {
+    /// The slot's low seven bytes (MAC and `used`, little-endian) that a probe for `mac` must
+    /// find: a slot read as a `u64` and masked with `PROBE_MASK` equals this exactly when it
+    /// holds `mac`.
+    #[inline(always)]
+    pub const fn probe_key(mac: [u8; 6]) -> u64 {
+        u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], SLOT_USED, 0])
+    }
+    /// The bytes of a slot that `probe_key` covers.
+    pub const PROBE_MASK: u64 = (1 << 56) - 1;
+    /// The bit of a slot read as a `u64` that is `used`.
+    pub const USED_BIT: u64 = 1 << 48;
 }
 
 /// Key of `DEST_STATS`: one remote endpoint of one device in one direction.
@@ -56,7 +85,7 @@ pub struct DestKey {
     pub addr: [u8; 16],
     /// Remote port (host byte order), 0 for protocols without ports.
     pub port: u16,
-    /// Index from `DEVICES`.
+    /// Index from `DEVICE_TABLE`.
     pub device: u8,
     /// `DIR_UPLOAD` or `DIR_DOWNLOAD`.
     pub direction: u8,
@@ -87,7 +116,8 @@ pub struct DestStats {
     pub retransmit_bytes: u64,
     /// Payload bytes of TLS flows whose record boundary was unknown when they passed.
     pub unsynced_bytes: u64,
-    /// Monotonic (or replayed capture) nanoseconds of the first and last packet.
+    /// Nanoseconds of the first and last packet: CLOCK_MONOTONIC_COARSE live (a scheduler
+    /// tick's resolution), the capture's time in replay.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
 }
@@ -189,7 +219,8 @@ pub struct FlowState {
 /// sum of its fields.
 const _: () = {
     use core::mem::size_of;
-    assert!(size_of::<DeviceInfo>() == 8);
+    assert!(size_of::<DeviceSlot>() == 6 + 1 + 1);
+    assert!(DEVICE_SLOTS.is_power_of_two() && DEVICE_SLOTS >= MAX_DEVICES);
     assert!(size_of::<DestKey>() == 16 + 2 + 1 + 1 + 1 + 1 + 2);
     assert!(size_of::<DestStats>() == 13 * 8);
     assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
@@ -201,7 +232,7 @@ const _: () = {
 mod pod {
     use super::*;
     // SAFETY: all are repr(C), padding-free (checked above) and valid for any bit pattern.
-    unsafe impl aya::Pod for DeviceInfo {}
+    unsafe impl aya::Pod for DeviceSlot {}
     unsafe impl aya::Pod for DestKey {}
     unsafe impl aya::Pod for DestStats {}
     unsafe impl aya::Pod for FlowKey {}

@@ -3,17 +3,17 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::bpf_ktime_get_ns,
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 use echo_common::{
-    class_counter_index, mac_filter_bit, mac_key, DestKey, DestStats, Event, FlowKey, FlowState,
-    PacketClass, CLOCK_CAPTURE, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
-    FLOW_STREAM_START, INSERTS_DEST_STATS, INSERTS_FLOWS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    class_counter_index, device_home_slot, DestKey, DestStats, DeviceSlot, Event, FlowKey, FlowState,
+    PacketClass, CLOCK_CAPTURE, DEVICE_SLOTS, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
+    FLOW_STREAM_START, INSERTS_DEST_STATS, INSERTS_FLOWS, MAX_DEVICES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     maps::{
-        CLASS_COUNTERS, CLOCK, DEST_STATS, DEVICES, DEVICE_FILTER, EVENTS, EVENT_DROPS, FLOWS,
+        CLASS_COUNTERS, CLOCK, DEST_STATS, DEVICE_TABLE, EVENTS, EVENT_DROPS, FLOWS,
         MAP_INSERTS, SCRATCH,
     },
     markers,
@@ -55,17 +55,28 @@ pub fn account<P: Packet>(pkt: &P) {
 const NO_DEVICE: u32 = u32::MAX;
 
 /// The monitored device this frame belongs to: its source when uploading, its destination
-/// when downloading. A Bloom-filter bit test first, so other MACs skip the hash lookup.
+/// when downloading. Probes `DEVICE_TABLE` from the MAC's home slot; a frame of another MAC
+/// almost always stops at that first slot, empty.
 #[inline(always)]
 fn device_of<P: Packet>(pkt: &P, direction: u8) -> Option<u32> {
     let mac = if direction == DIR_UPLOAD { pkt.read_head::<[u8; 6], { ethernet::SRC_MAC_OFF }>()? } else { pkt.read_head::<[u8; 6], { ethernet::DST_MAC_OFF }>()? };
-    let filter = DEVICE_FILTER.get(0)?;
-    if *filter & mac_filter_bit(mac) == 0 {
-        return None;
+    let want = DeviceSlot::probe_key(mac);
+    let home = device_home_slot(mac);
+    // At most MAX_DEVICES slots are used, so a device sits within MAX_DEVICES slots of its
+    // home (user space placed it at the first free one, with at most MAX_DEVICES - 1 in the
+    // way): a probe that found neither it nor an empty slot by then is for another MAC.
+    for i in 0..MAX_DEVICES {
+        let slot = *DEVICE_TABLE.get((home + i) & (DEVICE_SLOTS - 1))?;
+        // SAFETY: DeviceSlot is 8 plain bytes (checked in echo-common).
+        let v = unsafe { core::mem::transmute::<DeviceSlot, u64>(slot) };
+        if v & DeviceSlot::PROBE_MASK == want {
+            return Some(slot.index as u32);
+        }
+        if v & DeviceSlot::USED_BIT == 0 {
+            return None;
+        }
     }
-    // SAFETY: DEVICES is only written by user space, with whole values.
-    let dev = unsafe { DEVICES.get(mac_key(mac)) }?;
-    Some(dev.index)
+    None
 }
 
 #[inline(always)]
@@ -81,7 +92,7 @@ fn parse_l3<P: Packet>(pkt: &P) -> Option<L3> {
 #[inline(always)]
 fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> PacketClass {
     let upload = direction == DIR_UPLOAD;
-    let now = now_ns(pkt);
+    let now = coarse_now_ns(pkt);
     let mut key = DestKey {
         addr: if upload { l3.dst } else { l3.src },
         port: 0,
@@ -122,8 +133,8 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
 }
 
 #[inline(always)]
-fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey, now: u64) -> PacketClass {
-    let Some(stats) = touch(pkt, key, now) else { return PacketClass::OtherTcp };
+fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey, coarse_now: u64) -> PacketClass {
+    let Some(stats) = touch(pkt, key, coarse_now) else { return PacketClass::OtherTcp };
     stats.tcp_payload_bytes += seg.payload_len as u64;
     let fkey = FlowKey {
         src: l3.src,
@@ -163,7 +174,7 @@ fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey, now: 
     let added = t.stats.tls_app_bytes.wrapping_sub(app_bytes);
     if added != 0 {
         emit(&Event {
-            ts_ns: now,
+            ts_ns: now_ns(pkt),
             addr: key.addr,
             bytes: added as u32,
             records: t.stats.tls_app_records.wrapping_sub(app_records) as u16,
@@ -260,12 +271,29 @@ pub fn emit(ev: &Event) {
     }
 }
 
-/// Now, in nanoseconds: the monotonic clock, or in replay the frame's capture time.
+/// Now, in nanoseconds, for events: the monotonic clock, or in replay the frame's capture
+/// time.
 #[inline(always)]
 pub fn now_ns<P: Packet>(pkt: &P) -> u64 {
+    clock_ns::<P, false>(pkt)
+}
+
+/// Now, in nanoseconds, for the first and last times of `DEST_STATS`, which every counted
+/// frame updates: the coarse monotonic clock (the timekeeper's last tick, 4 ms resolution at
+/// HZ=250), or in replay the frame's capture time. `bpf_ktime_get_ns` reads the clock source
+/// on every call, 30 ns of a ~160 ns TLS segment here; live, these times are only a rough
+/// "last active" (events, by which frames and windows are cut, carry `now_ns`).
+#[inline(always)]
+fn coarse_now_ns<P: Packet>(pkt: &P) -> u64 {
+    clock_ns::<P, true>(pkt)
+}
+
+#[inline(always)]
+fn clock_ns<P: Packet, const COARSE: bool>(pkt: &P) -> u64 {
     match CLOCK.get(0) {
         Some(&CLOCK_CAPTURE) => pkt.capture_time_ns(),
-        // SAFETY: a helper without preconditions.
+        // SAFETY: helpers without preconditions.
+        _ if COARSE => unsafe { bpf_ktime_get_coarse_ns() },
         _ => unsafe { bpf_ktime_get_ns() },
     }
 }

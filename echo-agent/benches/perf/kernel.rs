@@ -1,7 +1,9 @@
 //! Per-packet cost of the programs, with BPF_PROG_TEST_RUN, against an XDP program that only
 //! passes the frame (the baseline), on the same frames in the same round.
 //!
-//! Stateless classes (another MAC, a pure ACK) run one frame with `repeat` = packets. TLS
+//! Stateless classes (another MAC, a pure ACK) run one frame with `repeat` = packets (the
+//! kernel reports whole nanoseconds per run; a call's wall time is no finer measure, as it
+//! includes ~15 ms of XDP dispatcher update for any `repeat` above 1). TLS
 //! segments cannot be repeated (the second copy is a retransmission, counted as such and
 //! skipped), so each of those runs `packets` distinct segments of one flow once each, and
 //! sums the kernel-measured durations; the baseline is measured the same way.
@@ -68,15 +70,16 @@ fn periodic(records: &[(u8, usize)], len: usize) -> (Arc<Vec<u8>>, usize) {
     (Arc::new(stream), period)
 }
 
+/// Runs `frame` `repeat` times; returns the kernel's duration per run, in whole nanoseconds.
 fn run_once(p: &Xdp, frame: &[u8], repeat: u32) -> u64 {
     let r = p.test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() }).expect("test_run");
     r.duration.as_nanos() as u64
 }
 
-/// Segments between two drains of the event ring buffer: their events (40 B each) fill less
-/// than the quarter of `EVENTS` past which the programs wake the reader, as the agent's
-/// reader keeps it live. Without draining, the ring fills after ~26,000 events and every
-/// later event takes the cheaper "ring full, count a drop" path.
+/// Segments between two drains of the event ring buffer: their events (48 B each with the
+/// ring's header) fill less than the quarter of `EVENTS` past which the programs wake the
+/// reader, as the agent's reader keeps it live. Without draining, the ring is full after
+/// 21,845 events and every later one takes the cheaper "ring full, count a drop" path.
 const DRAIN_EVERY: u64 = 4_096;
 
 /// Runs one segment, draining the events ring every `DRAIN_EVERY` runs (outside the timed
