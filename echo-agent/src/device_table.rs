@@ -1,7 +1,7 @@
 //! The contents of `DEVICE_TABLE`: the monitored MACs placed by linear probing from their
 //! home slots (`echo_common::DeviceSlot` describes the probe the programs make).
 
-use echo_common::{device_home_slot, DeviceSlot, DEVICE_SLOTS, MAX_DEVICES, SLOT_USED};
+use echo_common::{device_home_slot, mac_word, DeviceSlot, DEVICE_SLOTS, MAX_DEVICES, SLOT_USED};
 
 use crate::device::Mac;
 
@@ -32,7 +32,7 @@ pub fn build(devices: &[Mac], indices: &[u32]) -> Vec<DeviceSlot> {
     order.sort();
     order.dedup_by_key(|(m, _)| *m);
     for (mac, index) in order {
-        let home = device_home_slot(mac.0);
+        let home = device_home_slot(mac_word(mac.0));
         let slot = (0..MAX_DEVICES)
             .map(|i| ((home + i) & (DEVICE_SLOTS - 1)) as usize)
             .find(|&s| table[s].used != SLOT_USED)
@@ -44,8 +44,9 @@ pub fn build(devices: &[Mac], indices: &[u32]) -> Vec<DeviceSlot> {
 
 /// `count` MACs whose probes all start at one slot: the table's worst case, for tests.
 pub fn colliding(count: usize) -> Vec<Mac> {
-    let home = device_home_slot([2, 0, 0, 0, 0, 0]);
-    (0u32..).map(|i| Mac([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8])).filter(|m| device_home_slot(m.0) == home).take(count).collect()
+    let home = |m: &Mac| device_home_slot(mac_word(m.0));
+    let first = home(&Mac([2, 0, 0, 0, 0, 0]));
+    (0u32..).map(|i| Mac([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8])).filter(|m| home(m) == first).take(count).collect()
 }
 
 #[cfg(test)]
@@ -54,11 +55,11 @@ mod tests {
 
     /// The programs' probe (`echo-ebpf/src/accounting.rs`, `device_of`), over the table.
     fn probe(table: &[DeviceSlot], mac: Mac) -> Option<u8> {
-        let home = device_home_slot(mac.0);
+        let home = device_home_slot(mac_word(mac.0));
         for i in 0..MAX_DEVICES {
             let s = table[((home + i) & (DEVICE_SLOTS - 1)) as usize];
             let v = u64::from_le_bytes([s.mac[0], s.mac[1], s.mac[2], s.mac[3], s.mac[4], s.mac[5], s.used, s.index]);
-            if v & DeviceSlot::PROBE_MASK == DeviceSlot::probe_key(mac.0) {
+            if v & DeviceSlot::PROBE_MASK == DeviceSlot::probe_key(mac_word(mac.0)) {
                 return Some(s.index);
             }
             if v & DeviceSlot::USED_BIT == 0 {

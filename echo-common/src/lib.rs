@@ -71,13 +71,19 @@ pub const CLASS_NAMES: [&str; PACKET_CLASSES] = [
     "other",
 ];
 
-/// The slot of `DEVICE_TABLE` where the probe for `mac` starts: the MAC as a number times a
-/// 64-bit odd constant (Fibonacci hashing), top bits. Devices of one vendor share their first
-/// three bytes; the multiplication spreads the rest over every slot.
+/// A MAC as a number: its six bytes little-endian, the top two zero. `DEVICE_TABLE` probes
+/// work on this word (`device_home_slot`, `DeviceSlot::probe_key`).
 #[inline(always)]
-pub const fn device_home_slot(mac: [u8; 6]) -> u32 {
-    let m = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
-    (m.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - DEVICE_SLOTS.trailing_zeros())) as u32
+pub const fn mac_word(mac: [u8; 6]) -> u64 {
+    u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
+}
+
+/// The slot of `DEVICE_TABLE` where the probe for the MAC `word` (`mac_word`) starts: the
+/// word times a 64-bit odd constant (Fibonacci hashing), top bits. Devices of one vendor
+/// share their first three bytes; the multiplication spreads the rest over every slot.
+#[inline(always)]
+pub const fn device_home_slot(word: u64) -> u32 {
+    (word.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - DEVICE_SLOTS.trailing_zeros())) as u32
 }
 
 /// Signed distance `a - b` in TCP sequence space (RFC 1982 serial arithmetic).

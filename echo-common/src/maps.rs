@@ -46,7 +46,7 @@ pub const INSERTS_DEST_STATS: u32 = 1;
 pub const INSERTS_SLOTS: u32 = 2;
 
 /// One slot of `DEVICE_TABLE`, an open-addressing table of the monitored MACs with linear
-/// probing: a device sits at `device_home_slot(mac)` or at one of the next `MAX_DEVICES - 1`
+/// probing: a device sits at `device_home_slot(mac_word(mac))` or at one of the next `MAX_DEVICES - 1`
 /// slots (at most `MAX_DEVICES - 1` others can be in the way). A probe ends at the device's
 /// slot or at an empty one. Read by the programs as one `u64`: the first seven bytes compared
 /// at once (`DeviceSlot::probe_key`), the index taken from the eighth.
@@ -64,17 +64,16 @@ pub struct DeviceSlot {
 pub const SLOT_USED: u8 = 1;
 
 impl DeviceSlot {
-    /// The slot's low seven bytes (MAC and `used`, little-endian) that a probe for `mac` must
-    /// find: a slot read as a `u64` and masked with `PROBE_MASK` equals this exactly when it
-    /// holds `mac`.
+    /// What a slot holding the MAC `word` (`mac_word`) reads as, as a `u64` masked with
+    /// `PROBE_MASK` (its first seven bytes, little-endian: the MAC and `used`).
     #[inline(always)]
-    pub const fn probe_key(mac: [u8; 6]) -> u64 {
-        u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], SLOT_USED, 0])
+    pub const fn probe_key(word: u64) -> u64 {
+        word | Self::USED_BIT
     }
     /// The bytes of a slot that `probe_key` covers.
     pub const PROBE_MASK: u64 = (1 << 56) - 1;
-    /// The bit of a slot read as a `u64` that is `used`.
-    pub const USED_BIT: u64 = 1 << 48;
+    /// The bit of a slot read as a `u64` that is `used` (`SLOT_USED`).
+    pub const USED_BIT: u64 = (SLOT_USED as u64) << 48;
 }
 
 /// Key of `DEST_STATS`: one remote endpoint of one device in one direction.

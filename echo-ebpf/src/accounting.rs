@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 use echo_common::{
-    class_counter_index, device_home_slot, DestKey, DestStats, DeviceSlot, Event, FlowKey, FlowState,
+    class_counter_index, device_home_slot, mac_word, DestKey, DestStats, DeviceSlot, Event, FlowKey, FlowState,
     PacketClass, CLOCK_CAPTURE, DEVICE_SLOTS, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
     FLOW_STREAM_START, INSERTS_DEST_STATS, INSERTS_FLOWS, MAX_DEVICES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
@@ -60,8 +60,8 @@ const NO_DEVICE: u32 = u32::MAX;
 #[inline(always)]
 fn device_of<P: Packet>(pkt: &P, direction: u8) -> Option<u32> {
     let mac = if direction == DIR_UPLOAD { pkt.read_head::<[u8; 6], { ethernet::SRC_MAC_OFF }>()? } else { pkt.read_head::<[u8; 6], { ethernet::DST_MAC_OFF }>()? };
-    let want = DeviceSlot::probe_key(mac);
-    let home = device_home_slot(mac);
+    let word = mac_word(mac);
+    let (want, home) = (DeviceSlot::probe_key(word), device_home_slot(word));
     // At most MAX_DEVICES slots are used, so a device sits within MAX_DEVICES slots of its
     // home (user space placed it at the first free one, with at most MAX_DEVICES - 1 in the
     // way): a probe that found neither it nor an empty slot by then is for another MAC.
