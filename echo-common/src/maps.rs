@@ -49,8 +49,9 @@ pub const INSERTS_SLOTS: u32 = 2;
 /// probing: a device sits at `device_home_slot(mac_word(mac))` or at one of the next `MAX_DEVICES - 1`
 /// slots (at most `MAX_DEVICES - 1` others can be in the way). A probe ends at the device's
 /// slot or at an empty one. Read by the programs as one `u64`: the first seven bytes compared
-/// at once (`DeviceSlot::probe_key`), the index taken from the eighth.
-#[repr(C)]
+/// at once (`DeviceSlot::probe_key`), the index taken from the eighth. Aligned as a `u64`, so
+/// that reading one is one load, not eight.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceSlot {
     pub mac: [u8; 6],
