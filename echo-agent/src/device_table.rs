@@ -7,20 +7,22 @@ use crate::device::Mac;
 
 /// Each device's index: the one it has in `old` (a pinned table of an earlier agent), so a
 /// restarted agent's counters stay with their device whatever the flag order; a device new
-/// to the table gets the lowest index not taken. At most `MAX_DEVICES` distinct devices.
+/// to the table gets the lowest index not taken, and a MAC given twice one index. At most
+/// `MAX_DEVICES` distinct devices.
 pub fn indices(devices: &[Mac], old: &[DeviceSlot]) -> Vec<u32> {
     let kept = |m: &Mac| old.iter().find(|s| s.used == SLOT_USED && s.mac == m.0).map(|s| s.index as u32);
     let mut taken: Vec<u32> = devices.iter().filter_map(kept).collect();
-    devices
-        .iter()
-        .map(|m| {
-            kept(m).unwrap_or_else(|| {
-                let free = (0..MAX_DEVICES).find(|i| !taken.contains(i)).expect("at most MAX_DEVICES devices");
-                taken.push(free);
-                free
-            })
-        })
-        .collect()
+    let mut given: Vec<(Mac, u32)> = Vec::with_capacity(devices.len());
+    for m in devices {
+        let earlier = given.iter().find(|(g, _)| g == m).map(|&(_, i)| i);
+        let index = kept(m).or(earlier).unwrap_or_else(|| {
+            let free = (0..MAX_DEVICES).find(|i| !taken.contains(i)).expect("at most MAX_DEVICES devices");
+            taken.push(free);
+            free
+        });
+        given.push((*m, index));
+    }
+    given.into_iter().map(|(_, i)| i).collect()
 }
 
 /// The table for `devices` with `indices`: each device at the first free slot from its home,
@@ -96,5 +98,8 @@ mod tests {
         // A device dropped and one added: the new one takes the free index.
         assert_eq!(indices(&[c, b], &first), [0, 1]);
         assert_eq!(indices(&[b, c], &first), [1, 0]);
+        // A MAC given twice: one index, one slot.
+        assert_eq!(indices(&[c, a, c], &[]), [0, 1, 0]);
+        assert_eq!(build(&[c, a, c], &[0, 1, 0]).iter().filter(|s| s.used == SLOT_USED).count(), 2);
     }
 }

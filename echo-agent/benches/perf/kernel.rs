@@ -3,12 +3,13 @@
 //!
 //! Stateless classes (another MAC, a pure ACK) run one frame `packets` times (the kernel
 //! reports whole nanoseconds per run; a call's wall time is no finer measure: over 100,000
-//! repeats it came to ~150 ns a run above the kernel's figure, ~15 ms per call). TLS segments cannot be repeated (the second
-//! copy is a retransmission, counted as such and skipped), so each of those runs `packets`
-//! distinct segments of one flow once each, and sums the kernel-measured durations; the
-//! baseline is measured the same way. Baseline and ours alternate within a round (a segment
-//! each, or a call of `packets / CHUNKS` repeats each), so that the ratio compares them
-//! under the same noise: on these shared machines a round's figures drift by 2x.
+//! repeats it came to ~150 ns a run above the kernel's figure, ~15 ms per call). TLS
+//! segments cannot be repeated (the second copy is a retransmission, counted as such and
+//! skipped), so each of those runs `packets` distinct segments of one flow once each, and
+//! sums the kernel-measured durations; the baseline is measured the same way. Baseline and
+//! ours alternate within a round (a segment each, or a call of `packets / CHUNKS` repeats
+//! each), so that the ratio compares them under the same noise: on these shared machines a
+//! round's figures drift by 2x.
 
 use std::{fmt::Write as _, sync::Arc};
 
