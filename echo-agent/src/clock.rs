@@ -27,7 +27,8 @@ pub fn monotonic_ns() -> u64 {
     now_ns(libc::CLOCK_MONOTONIC)
 }
 
-fn now_ns(clock: libc::clockid_t) -> u64 {
+/// `clock` now, in nanoseconds.
+pub fn now_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid timespec; both clocks always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };

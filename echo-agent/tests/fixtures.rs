@@ -440,12 +440,7 @@ fn a_full_ring_buffer_counts_dropped_events_and_keeps_counters_exact() {
 /// the two readings (4 ms ticks, a run of ~0.1 ms).
 #[test]
 fn live_events_carry_the_monotonic_clock_and_counters_the_coarse_one() {
-    let now = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: a valid timespec.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    };
+    use echo_agent::clock::now_ns as now;
     let mut progs = Programs::load().unwrap();
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
