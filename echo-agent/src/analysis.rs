@@ -80,6 +80,9 @@ pub struct Session {
     /// The programs' count of dropped events, as last told (`events_dropped`).
     dropped: u64,
     records: Vec<Record>,
+    /// Time of the latest marker event: app-data events that follow it (in ring order) are
+    /// timed no earlier.
+    marker_ns: u64,
 }
 
 impl Session {
@@ -96,7 +99,7 @@ impl Session {
                 (*i, state)
             })
             .collect();
-        let mut s = Session { config, clock, devices, marker_last: BTreeMap::new(), names: NameTable::default(), dropped: 0, records: Vec::new() };
+        let mut s = Session { config, clock, devices, marker_last: BTreeMap::new(), names: NameTable::default(), dropped: 0, records: Vec::new(), marker_ns: 0 };
         let to_ns = |t: f64| (t.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
         let mut switches: Vec<(u64, bool)> = s.config.muted.iter().flat_map(|&(a, b)| [(to_ns(a), true), (to_ns(b), false)]).collect();
         switches.sort();
@@ -127,6 +130,7 @@ impl Session {
         match e.kind {
             EVENT_MARKER => {
                 let Some(role) = self.config.markers.get(e.marker as usize).map(|m| m.role) else { return };
+                self.marker_ns = self.marker_ns.max(e.ts_ns);
                 self.marker_last.insert(role, self.clock.secs(e.ts_ns));
                 for d in self.devices.values_mut() {
                     d.tracker.marker(e.ts_ns, role);
@@ -135,16 +139,19 @@ impl Session {
             }
             EVENT_APP_DATA => {
                 let Some(d) = self.devices.get_mut(&e.device) else { return };
+                // Live, app data is timed by the coarse clock (up to a tick behind a marker's
+                // precise one): bytes the programs saw after a marker count after it.
+                let ts_ns = e.ts_ns.max(self.marker_ns);
                 let dest = addr_ip(&e.addr, e.family);
-                self.names.touch(e.device, dest, e.ts_ns);
+                self.names.touch(e.device, dest, ts_ns);
                 if e.direction == DIR_UPLOAD {
                     let group = self.names.get(e.device, &dest).map_or(NO_GROUP, |n| self.config.groups.of(&n.name));
-                    let u = Upload { ts_ns: e.ts_ns, dest, bytes: e.bytes as u64, group };
+                    let u = Upload { ts_ns, dest, bytes: e.bytes as u64, group };
                     d.tracker.upload(u, e.records as u64);
                     d.cutter.upload(&u);
                 } else {
-                    d.tracker.download(e.ts_ns, e.bytes as u64, e.records as u64);
-                    d.cutter.download(e.ts_ns, e.bytes as u64);
+                    d.tracker.download(ts_ns, e.bytes as u64, e.records as u64);
+                    d.cutter.download(ts_ns, e.bytes as u64);
                 }
             }
             _ => {}
@@ -245,5 +252,29 @@ fn name_of(names: &NameTable, device: u8, ip: Option<std::net::IpAddr>) -> Optio
 impl DeviceState {
     pub fn unexpected_bytes(&self, reason: Reason) -> u64 {
         self.tracker.unexpected_bytes[reason as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use echo_common::FAMILY_V4;
+
+    /// Live, app data carries the coarse clock, up to a tick behind the markers' precise one:
+    /// an upload the programs saw right after `command_start` (ring-buffered after it) but
+    /// timed 2 ms before it still belongs to the frame, and one before the marker does not.
+    #[test]
+    fn app_data_after_a_marker_is_never_timed_before_it() {
+        let markers = ["10.0.0.1=command_start", "10.0.0.2=command_end"].iter().map(|m| m.parse().unwrap()).collect();
+        let mut s = Session::new(Config { markers, ..Config::default() }, Clock::Capture, &[(0, "echo".into(), 0)]);
+        let ms = 1_000_000u64;
+        let marker = |slot: u8, t: u64| Event { ts_ns: t, kind: EVENT_MARKER, marker: slot, ..Event::default() };
+        let upload = |t: u64, bytes: u32| Event { ts_ns: t, kind: EVENT_APP_DATA, addr: [10, 9, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], bytes, records: 1, port: 443, family: FAMILY_V4, ..Event::default() };
+        for e in [upload(995 * ms, 7), marker(0, 1_000 * ms), upload(998 * ms, 500), upload(1_200 * ms, 40), marker(1, 2_000 * ms)] {
+            s.event(&e);
+        }
+        s.finish();
+        let frames: Vec<(u64, f64)> = s.take().into_iter().filter_map(|r| if let Record::Frame(f) = r { Some((f.upload_bytes, f.start)) } else { None }).collect();
+        assert_eq!(frames, [(540, 1.0)]);
     }
 }

@@ -433,27 +433,32 @@ fn a_full_ring_buffer_counts_dropped_events_and_keeps_counters_exact() {
     assert_eq!((s.tls_app_bytes, s.tls_app_records, s.unsynced_bytes), ((SEGMENTS * PAYLOAD) as u64, SEGMENTS as u64, 0));
 }
 
-/// The live clocks: an app-data event carries CLOCK_MONOTONIC (frames and windows are cut by
-/// event times, compared with the agent's own clock readings), a destination's first and last
-/// times CLOCK_MONOTONIC_COARSE (read on every counted frame, for a seventh of the cost).
+/// The live clocks: a marker event carries CLOCK_MONOTONIC (markers milliseconds apart keep
+/// their order and gap), what every counted frame carries (an app-data event, a
+/// destination's first and last times) CLOCK_MONOTONIC_COARSE, for a seventh of the cost.
 /// Either clock in the other's place falls outside its bounds but for a tick landing between
 /// the two readings (4 ms ticks, a run of ~0.1 ms).
 #[test]
-fn live_events_carry_the_monotonic_clock_and_counters_the_coarse_one() {
-    use echo_agent::clock::now_ns as now;
+fn live_markers_carry_the_monotonic_clock_and_app_data_the_coarse_one() {
+    use echo_agent::{clock::now_ns as now, markers::MarkerSpec};
+    use echo_common::{EVENT_APP_DATA, EVENT_MARKER};
     let mut progs = Programs::load().unwrap();
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
+    let marker: MarkerSpec = "192.0.2.1=command_start".parse().unwrap();
+    progs.set_markers(&[marker.key()]).unwrap();
     let mut rings = progs.rings().unwrap();
     let (fine0, coarse0) = (now(libc::CLOCK_MONOTONIC), now(libc::CLOCK_MONOTONIC_COARSE));
-    for f in flow(&tls_stream(&[(APP, 100)]), &[], &[], plain) {
+    let ping = icmp_frame([0x02, 0xec, 0x40, 0, 0, 3], xtask::packets::HOTSPOT_MAC, "192.0.2.1".parse().unwrap(), 8);
+    for f in std::iter::once(ping).chain(flow(&tls_stream(&[(APP, 100)]), &[], &[], plain)) {
         testrun::run_one(&progs, &f, 0, &devices).unwrap();
     }
     let (fine1, coarse1) = (now(libc::CLOCK_MONOTONIC), now(libc::CLOCK_MONOTONIC_COARSE));
     let mut got = Vec::new();
-    events::drain(&mut rings.events, |e| got.push((e.bytes, e.ts_ns)));
-    assert_eq!(got.len(), 1, "one app-data event: {got:?}");
-    assert!(got[0].0 == 100 && (fine0..=fine1).contains(&got[0].1), "event {got:?} within [{fine0}, {fine1}]");
+    events::drain(&mut rings.events, |e| got.push((e.kind, e.bytes, e.ts_ns)));
+    assert_eq!(got.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(), [(EVENT_MARKER, 12), (EVENT_APP_DATA, 100)], "{got:?}");
+    assert!((fine0..=fine1).contains(&got[0].2), "marker {got:?} within [{fine0}, {fine1}]");
+    assert!((coarse0..=coarse1).contains(&got[1].2), "app data {got:?} within [{coarse0}, {coarse1}]");
     let snap = counters::read(&progs.ebpf).unwrap();
     let (_, s) = snap.dests.iter().find(|(k, _)| k.proto == 6).expect("the flow's destination");
     assert!(coarse0 <= s.first_seen_ns && s.first_seen_ns <= s.last_seen_ns && s.last_seen_ns <= coarse1, "{s:?} within [{coarse0}, {coarse1}]");

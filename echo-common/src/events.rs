@@ -39,7 +39,9 @@ pub const MAP_MARKER_PINGS: &str = "MARKER_PINGS";
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC), or the capture time in replay.
+    /// Live, CLOCK_MONOTONIC for markers (`bpf_ktime_get_ns`) and CLOCK_MONOTONIC_COARSE
+    /// for app data (`bpf_ktime_get_coarse_ns`, up to a tick earlier); in replay the capture
+    /// time.
     pub ts_ns: u64,
     /// Remote address of the flow (app data) or the marker address; IPv4 in the first 4 bytes.
     pub addr: [u8; 16],

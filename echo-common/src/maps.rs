@@ -75,6 +75,11 @@ impl DeviceSlot {
     pub const PROBE_MASK: u64 = (1 << 56) - 1;
     /// The bit of a slot read as a `u64` that is `used` (`SLOT_USED`).
     pub const USED_BIT: u64 = (SLOT_USED as u64) << 48;
+    /// `index` of a slot read as a `u64` (its eighth byte, little-endian).
+    #[inline(always)]
+    pub const fn index_of(v: u64) -> u32 {
+        (v >> 56) as u32
+    }
 }
 
 /// Key of `DEST_STATS`: one remote endpoint of one device in one direction.
@@ -220,6 +225,11 @@ pub struct FlowState {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<DeviceSlot>() == 6 + 1 + 1);
+    // A slot read as one u64 gives its probe key and its index.
+    let mac = [0x02, 0xaa, 0x13, 0x37, 0xbe, 0xef];
+    // SAFETY: DeviceSlot is 8 plain bytes.
+    let v: u64 = unsafe { core::mem::transmute(DeviceSlot { mac, used: SLOT_USED, index: 5 }) };
+    assert!(v & DeviceSlot::PROBE_MASK == DeviceSlot::probe_key(crate::mac_word(mac)) && DeviceSlot::index_of(v) == 5);
     assert!(DEVICE_SLOTS.is_power_of_two() && DEVICE_SLOTS >= MAX_DEVICES);
     assert!(size_of::<DestKey>() == 16 + 2 + 1 + 1 + 1 + 1 + 2);
     assert!(size_of::<DestStats>() == 13 * 8);

@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 use echo_common::{
-    class_counter_index, device_home_slot, mac_word, DestKey, DestStats, DeviceSlot, Event, FlowKey, FlowState,
+    class_counter_index, device_home_slot, mac_word_of_u16s, DestKey, DestStats, DeviceSlot, Event, FlowKey, FlowState,
     PacketClass, CLOCK_CAPTURE, DEVICE_SLOTS, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
     FLOW_STREAM_START, INSERTS_DEST_STATS, INSERTS_FLOWS, MAX_DEVICES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
@@ -59,18 +59,20 @@ const NO_DEVICE: u32 = u32::MAX;
 /// almost always stops at that first slot, empty.
 #[inline(always)]
 fn device_of<P: Packet>(pkt: &P, direction: u8) -> Option<u32> {
-    let mac = if direction == DIR_UPLOAD { pkt.read_head::<[u8; 6], { ethernet::SRC_MAC_OFF }>()? } else { pkt.read_head::<[u8; 6], { ethernet::DST_MAC_OFF }>()? };
-    let word = mac_word(mac);
+    // Three 16-bit words, not six bytes: even offsets, so aligned loads (`read_head`).
+    let mac = if direction == DIR_UPLOAD { pkt.read_head::<[u16; 3], { ethernet::SRC_MAC_OFF }>()? } else { pkt.read_head::<[u16; 3], { ethernet::DST_MAC_OFF }>()? };
+    let word = mac_word_of_u16s(mac);
     let (want, home) = (DeviceSlot::probe_key(word), device_home_slot(word));
     // At most MAX_DEVICES slots are used, so a device sits within MAX_DEVICES slots of its
     // home (user space placed it at the first free one, with at most MAX_DEVICES - 1 in the
     // way): a probe that found neither it nor an empty slot by then is for another MAC.
     for i in 0..MAX_DEVICES {
-        let slot = *DEVICE_TABLE.get((home + i) & (DEVICE_SLOTS - 1))?;
-        // SAFETY: DeviceSlot is 8 plain bytes (checked in echo-common).
-        let v = unsafe { core::mem::transmute::<DeviceSlot, u64>(slot) };
+        let slot = DEVICE_TABLE.get_ptr((home + i) & (DEVICE_SLOTS - 1))?;
+        // SAFETY: a valid map value; DeviceSlot is 8 plain bytes aligned as a u64 (checked in
+        // echo-common), read as one load (a copy of the struct is read field by field).
+        let v = unsafe { (slot as *const u64).read() };
         if v & DeviceSlot::PROBE_MASK == want {
-            return Some(slot.index as u32);
+            return Some(DeviceSlot::index_of(v));
         }
         if v & DeviceSlot::USED_BIT == 0 {
             return None;
@@ -174,7 +176,7 @@ fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey, coars
     let added = t.stats.tls_app_bytes.wrapping_sub(app_bytes);
     if added != 0 {
         emit(&Event {
-            ts_ns: now_ns(pkt),
+            ts_ns: coarse_now,
             addr: key.addr,
             bytes: added as u32,
             records: t.stats.tls_app_records.wrapping_sub(app_records) as u16,
@@ -271,18 +273,21 @@ pub fn emit(ev: &Event) {
     }
 }
 
-/// Now, in nanoseconds, for events: the monotonic clock, or in replay the frame's capture
-/// time.
+/// Now, in nanoseconds, for marker events and snippets: the monotonic clock, or in replay the
+/// frame's capture time. Markers a few milliseconds apart (a command's end and the response's
+/// start) must keep their order and their gap.
 #[inline(always)]
 pub fn now_ns<P: Packet>(pkt: &P) -> u64 {
     clock_ns::<P, false>(pkt)
 }
 
-/// Now, in nanoseconds, for the first and last times of `DEST_STATS`, which every counted
-/// frame updates: the coarse monotonic clock (the timekeeper's last tick, 4 ms resolution at
-/// HZ=250), or in replay the frame's capture time. `bpf_ktime_get_ns` reads the clock source
-/// on every call, 30 ns of a ~160 ns TLS segment here; live, these times are only a rough
-/// "last active" (events, by which frames and windows are cut, carry `now_ns`).
+/// Now, in nanoseconds, for what every counted frame carries (the first and last times of
+/// `DEST_STATS`, app-data events): the coarse monotonic clock (the timekeeper's last tick,
+/// 4 ms resolution at HZ=250), or in replay the frame's capture time. `bpf_ktime_get_ns`
+/// reads the clock source on every call, ~30 ns of a ~180 ns one-record segment here.
+/// Windows and frames need no finer times for uploads than their 0.7 s gaps; user space
+/// keeps an app-data event from falling before a marker ring-buffered ahead of it (see
+/// `analysis::Session::event`).
 #[inline(always)]
 fn coarse_now_ns<P: Packet>(pkt: &P) -> u64 {
     clock_ns::<P, true>(pkt)
