@@ -61,9 +61,9 @@ pub const MAX_WALK_STEPS: u32 = 3072;
 /// Steps of a walk taken in line, before `bpf_loop` takes the rest: a segment inside one
 /// record's payload needs one, a segment holding one whole record from its start two (the
 /// usual upload segments). `bpf_loop` costs its set-up plus an indirect call per step. Only
-/// the main walker's walks: steps in line are verified once per call site and parse path
-/// (this made the verifier process 3.7 times the instructions), and the hole walker's are
-/// rare.
+/// the main walker's walks: steps in line are verified once per call site and state that
+/// reaches it (in both walkers' walks the verifier processed 259k instructions, in the main
+/// walker's 150k, against 70k with none), and the hole walker's walks are rare.
 const INLINE_STEPS: u32 = 2;
 
 /// Offsets tried by one resync scan: a whole 64 KiB GSO super-packet (TC egress sees those),
