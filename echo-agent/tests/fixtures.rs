@@ -344,6 +344,10 @@ fn malformed_frames_always_pass() {
     );
 }
 
+/// The research controller's MAC (a host other than the device), the sender of the marker
+/// pings of these tests.
+const CONTROLLER_MAC: [u8; 6] = [0x02, 0xec, 0x40, 0x00, 0x00, 0x03];
+
 /// An ICMP (or ICMPv6) message of `icmp_type` from `src_mac` to `dst_mac`, to `dst`.
 fn icmp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], dst: std::net::IpAddr, icmp_type: u8) -> Vec<u8> {
     let mut f = Vec::new();
@@ -372,7 +376,6 @@ fn icmp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], dst: std::net::IpAddr, icmp_ty
 fn marker_pings_become_events() {
     use echo_agent::markers::MarkerSpec;
     use echo_common::{EVENT_MARKER, MAP_EVENTS};
-    let controller = [0x02, 0xec, 0x40, 0x00, 0x00, 0x03];
     let markers: Vec<MarkerSpec> =
         ["192.0.2.1=command_start", "192.0.2.2=command_end", "2001:db8::1=response_start", "192.0.2.4=response_end"].iter().map(|m| m.parse().unwrap()).collect();
     let mut progs = Programs::load().unwrap();
@@ -385,12 +388,12 @@ fn marker_pings_become_events() {
     let hotspot = xtask::packets::HOTSPOT_MAC;
     // (frame, marker slot expected): controller pings through XDP, the hotspot's own through TC.
     let cases = [
-        (icmp_frame(controller, hotspot, ip("192.0.2.1"), 8), Some(0)),
-        (icmp_frame(controller, hotspot, ip("192.0.2.2"), 8), Some(1)),
-        (icmp_frame(controller, hotspot, ip("192.0.2.1"), 0), None), // echo reply
-        (icmp_frame(controller, hotspot, ip("192.0.2.9"), 8), None), // not a marker
-        (icmp_frame(controller, hotspot, ip("2001:db8::1"), 128), Some(2)),
-        (icmp_frame(controller, hotspot, ip("2001:db8::1"), 129), None),
+        (icmp_frame(CONTROLLER_MAC, hotspot, ip("192.0.2.1"), 8), Some(0)),
+        (icmp_frame(CONTROLLER_MAC, hotspot, ip("192.0.2.2"), 8), Some(1)),
+        (icmp_frame(CONTROLLER_MAC, hotspot, ip("192.0.2.1"), 0), None), // echo reply
+        (icmp_frame(CONTROLLER_MAC, hotspot, ip("192.0.2.9"), 8), None), // not a marker
+        (icmp_frame(CONTROLLER_MAC, hotspot, ip("2001:db8::1"), 128), Some(2)),
+        (icmp_frame(CONTROLLER_MAC, hotspot, ip("2001:db8::1"), 129), None),
         (icmp_frame(hotspot, DEVICE_MAC, ip("192.0.2.4"), 8), Some(3)),
     ];
     for (i, (frame, slot)) in cases.iter().enumerate() {
@@ -449,7 +452,7 @@ fn live_markers_carry_the_monotonic_clock_and_app_data_the_coarse_one() {
     progs.set_markers(&[marker.key()]).unwrap();
     let mut rings = progs.rings().unwrap();
     let (fine0, coarse0) = (now(libc::CLOCK_MONOTONIC), now(libc::CLOCK_MONOTONIC_COARSE));
-    let ping = icmp_frame([0x02, 0xec, 0x40, 0, 0, 3], xtask::packets::HOTSPOT_MAC, "192.0.2.1".parse().unwrap(), 8);
+    let ping = icmp_frame(CONTROLLER_MAC, xtask::packets::HOTSPOT_MAC, "192.0.2.1".parse().unwrap(), 8);
     for f in std::iter::once(ping).chain(flow(&tls_stream(&[(APP, 100)]), &[], &[], plain)) {
         testrun::run_one(&progs, &f, 0, &devices).unwrap();
     }
