@@ -79,8 +79,11 @@ fn cpu() -> (u64, u64, u64) {
 }
 
 /// Floods for `secs`; returns (packets per second processed, busy share of all cores,
-/// kernel CPU ns per packet: the sender's syscalls and the receiver's processing).
-fn flood(p: &Pair, secs: f64) -> Result<(f64, f64, f64)> {
+/// kernel CPU ns per packet: the sender's syscalls and the receiver's processing, and when
+/// `program` names the XDP program attached, its mean run time in ns from the kernel's BPF
+/// statistics, turned on for `STATS_SECS` after the measured interval only: they add two
+/// clock reads to every run, which would lower the rate measured).
+fn flood(p: &Pair, secs: f64, program: Option<&str>) -> Result<(f64, f64, f64, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let sender = spawn_in(&p.sender, move || -> Result<()> {
@@ -98,30 +101,56 @@ fn flood(p: &Pair, secs: f64) -> Result<(f64, f64, f64)> {
     let (n0, c0, t0) = (processed(&p.sink)?, cpu(), Instant::now());
     thread::sleep(Duration::from_secs_f64(secs));
     let (n1, c1, dt) = (processed(&p.sink)?, cpu(), t0.elapsed().as_secs_f64());
+    let run_ns = match program {
+        Some(name) => {
+            let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF statistics")?;
+            let (r0, ns0) = run_stats(name);
+            thread::sleep(Duration::from_secs_f64(STATS_SECS));
+            let (r1, ns1) = run_stats(name);
+            (ns1 - ns0) as f64 / (r1 - r0).max(1) as f64
+        }
+        None => f64::NAN,
+    };
     stop.store(true, Ordering::Relaxed);
     sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
     // SAFETY: sysconf has no preconditions.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let packets = (n1 - n0).max(1) as f64;
-    Ok((packets / dt, (c1.0 - c0.0) as f64 / (c1.2 - c0.2).max(1) as f64, (c1.1 - c0.1) as f64 * 1e9 / tck / packets))
+    Ok((packets / dt, (c1.0 - c0.0) as f64 / (c1.2 - c0.2).max(1) as f64, (c1.1 - c0.1) as f64 * 1e9 / tck / packets, run_ns))
+}
+
+/// Seconds of each program run's flood with the kernel's BPF statistics on.
+const STATS_SECS: f64 = 1.0;
+
+/// (runs, ns run) of every loaded program named `name`, summed: one is attached, any other
+/// (the agent's object loads echo_xdp with echo_tc) has not run.
+fn run_stats(name: &str) -> (u64, u64) {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(name))
+        .fold((0, 0), |(r, ns), p| (r + p.run_count(), ns + p.run_time().as_nanos() as u64))
 }
 
 pub fn run(scale: Scale) -> Result<String> {
     let p = pair()?;
-    let secs = if scale.quick { 2.0 } else { 5.0 };
     let state = xtask::agent::state_dir(&format!("bench-state-{}", std::process::id()));
-    let mut out = String::from("## Live path: UDP flood from the device over a veth pair\n\n| program | packets/s processed | ratio to no program | CPU busy (all cores) | kernel CPU ns/packet |\n|---|---|---|---|---|\n");
+    // The full run has twice the rounds of shorter floods: the rate swings by tens of percent
+    // within seconds, so more pairs settle a median more than longer floods do.
+    let (rounds, secs) = if scale.quick { (scale.rounds, 2.0) } else { (scale.rounds * 2, 3.0) };
+    let mut out = format!("## Live path: UDP flood from the device over a veth pair\n\n{rounds} rounds of {secs} s floods.\n\n| program | packets/s processed | ratio to no program | CPU busy (all cores) | kernel CPU ns/packet | program ns/run (BPF stats) |\n|---|---|---|---|---|---|\n");
     let names = ["none (baseline)", "pass-only XDP program, skb mode", "echo_xdp alone (no agent process), skb mode", "echo-agent, skb mode", "echo-agent, driver mode"];
+    // The XDP program each configuration attaches, whose run time the kernel reports.
+    let programs = [None, Some("echo_baseline"), Some("echo_xdp"), Some("echo_xdp"), Some("echo_xdp")];
     // Each program's runs, one a round (the baseline's, one more).
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); names.len()];
     let t0 = Instant::now();
     let mut flood_at = |k: usize| -> Result<()> {
         let start = t0.elapsed().as_secs_f64();
-        let (pps, busy, ns) = flood(&p, secs)?;
-        runs[k].push(Run { pps, busy, ns, at: start + secs / 2.0 });
+        let (pps, busy, ns, run_ns) = flood(&p, secs, programs[k])?;
+        runs[k].push(Run { pps, busy, ns, run_ns, at: start + secs / 2.0 });
         Ok(())
     };
-    for _ in 0..scale.rounds {
+    for _ in 0..rounds {
         flood_at(0)?;
         for (k, program) in [(1, "echo_baseline"), (2, "echo_xdp")] {
             let attached = attach_alone(&p, program)?;
@@ -152,11 +181,18 @@ pub fn run(scale: Scale) -> Result<String> {
     let (hook_ratio, skb_ratio) = (spread(ratios[1].clone()).1, spread(ratios[3].clone()).1);
     for (k, name) in names.iter().enumerate() {
         let col = |f: fn(&Run) -> f64| spread(runs[k].iter().map(f).collect());
-        let _ = writeln!(out, "| {name} | {} | {} | {} | {} |", fmt3(col(|r| r.pps), 0), fmt3(spread(ratios[k].clone()), 3), fmt3(col(|r| r.busy), 2), fmt3(col(|r| r.ns), 0));
+        let run_ns = if programs[k].is_some() { fmt3(col(|r| r.run_ns), 0) } else { "–".into() };
+        let _ = writeln!(out, "| {name} | {} | {} | {} | {} | {run_ns} |", fmt3(col(|r| r.pps), 0), fmt3(spread(ratios[k].clone()), 3), fmt3(col(|r| r.busy), 2), fmt3(col(|r| r.ns), 0));
     }
+    let median = |k: usize, f: fn(&Run) -> f64| spread(runs[k].iter().map(f).collect()).1;
+    // The program's own cost live: its run time over the pass-only program's (both carry
+    // the statistics' clock reads), against a packet's whole cost at the no-program rate.
+    let (program_ns, packet_ns) = (median(3, |r| r.run_ns) - median(1, |r| r.run_ns), 1e9 / median(0, |r| r.pps));
     let _ = writeln!(
         out,
-        "\nA veth hands the packet to the receiving stack on the sending CPU, so sender and receiver share one core (CPU busy 0.5 of 2): the program's cost lowers the rate directly, and the kernel CPU per packet (sender's syscall included) shows it. Each ratio is to the no-program rate interpolated, at the run's middle, between the round's baseline run and the next one's (one more closes the last round). The pass-only program (`echo_baseline`, attached in skb mode) shows what the generic XDP hook costs by itself: {:.1}% of the no-program rate; `echo_xdp` attached alone (loaded by the bench, the flood's MAC monitored, no agent process) what the program costs without the agent around it. Goal: ≥ 95% of the no-program rate in skb mode: median {:.1}%, {}.\n",
+        "\nA veth hands the packet to the receiving stack on the sending CPU, so sender and receiver share one core (CPU busy 0.5 of 2): the program's cost lowers the rate directly, and the kernel CPU per packet (sender's syscall included) shows it. The program's run time comes from the kernel's BPF statistics (`BPF_ENABLE_STATS`), on for {STATS_SECS} s after each measured interval only, since they add two clock reads to every run (the pass-only program's figure is mostly those). In the agent in skb mode, `echo_xdp` ran {program_ns:.0} ns longer than the pass-only program (medians): {:.1}% of a packet's {packet_ns:.0} ns at the no-program rate, so the program alone would leave {:.1}% of that rate. Each ratio is to the no-program rate interpolated, at the run's middle, between the round's baseline run and the next one's (one more closes the last round). The pass-only program (`echo_baseline`, attached in skb mode) shows what the generic XDP hook costs by itself: {:.1}% of the no-program rate; `echo_xdp` attached alone (loaded by the bench, the flood's MAC monitored, no agent process) what the program costs without the agent around it. Goal: ≥ 95% of the no-program rate in skb mode: median {:.1}%, {}.\n",
+        program_ns / packet_ns * 100.0,
+        packet_ns / (packet_ns + program_ns) * 100.0,
         hook_ratio * 100.0,
         skb_ratio * 100.0,
         goal(skb_ratio >= 0.95)
@@ -170,6 +206,8 @@ struct Run {
     pps: f64,
     busy: f64,
     ns: f64,
+    /// The attached program's mean run time, ns (NaN without one).
+    run_ns: f64,
     /// Seconds since the measurement began, at the flood's middle.
     at: f64,
 }
