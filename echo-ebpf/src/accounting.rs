@@ -108,18 +108,24 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
         touch(pkt, &key, now);
         return PacketClass::Other;
     }
+    // The transport parsers read their header in place when it sits at its usual offset, a
+    // branch on the offset. The verifier would follow everything after that branch once per
+    // layer-3 parse path (VLAN tags, IP options, IPv6 extension headers): 440,000
+    // instructions instead of 150,000. Through `forget`, those paths converge first.
+    let [l4_off, l3_end, _] = forget([l3.l4_off as u32, l3.l3_end as u32, 0]);
+    let (l4_off, l3_end) = (l4_off as usize, l3_end as usize);
     match l3.proto {
         PROTO_TCP => {
-            let Some(seg) = tcp::parse(pkt, l3.l4_off, l3.l3_end) else { return PacketClass::Other };
+            let Some(seg) = tcp::parse(pkt, l4_off, l3_end) else { return PacketClass::Other };
             key.port = if upload { seg.dport } else { seg.sport };
             account_tcp(pkt, l3, &seg, &key, now)
         }
         PROTO_UDP => {
-            let Some(u) = udp::parse(pkt, l3.l4_off) else { return PacketClass::Other };
+            let Some(u) = udp::parse(pkt, l4_off) else { return PacketClass::Other };
             key.port = if upload { u.dport } else { u.sport };
             touch(pkt, &key, now);
-            if P::DIRECTION == DIR_DOWNLOAD && u.sport == DNS_PORT && u.payload_off < l3.l3_end {
-                snippets::dns(pkt, &key, u.payload_off, (l3.l3_end - u.payload_off) as u32);
+            if P::DIRECTION == DIR_DOWNLOAD && u.sport == DNS_PORT && u.payload_off < l3_end {
+                snippets::dns(pkt, &key, u.payload_off, (l3_end - u.payload_off) as u32);
             }
             if u.sport == DNS_PORT || u.dport == DNS_PORT { PacketClass::Dns } else { PacketClass::Other }
         }

@@ -2,7 +2,7 @@
 use super::{ethernet::ETH_HLEN, L3, Packet};
 use echo_common::FAMILY_V4;
 
-const MIN_HLEN: usize = 20;
+pub const MIN_HLEN: usize = 20;
 
 #[inline(always)]
 pub fn parse<P: Packet>(pkt: &P, off: usize) -> Option<L3> {

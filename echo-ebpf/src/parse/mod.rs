@@ -184,6 +184,10 @@ pub unsafe fn run_loop<C, R>(n: u32, step: extern "C" fn(u64, *mut c_void) -> i6
     r
 }
 
+/// Where a transport header starts in most frames: after an Ethernet header without VLAN tags
+/// and an IPv4 header without options (the `USUAL` of `Packet::read_usual` for TCP and UDP).
+pub const USUAL_L4_OFF: usize = ethernet::ETH_HLEN + ipv4::MIN_HLEN;
+
 /// Layer-3 facts every later stage needs.
 #[derive(Clone, Copy)]
 pub struct L3 {

@@ -1,5 +1,5 @@
 //! TCP with options (data offset up to 15 words).
-use super::Packet;
+use super::{Packet, USUAL_L4_OFF};
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -19,7 +19,7 @@ pub struct Tcp {
 /// frame is malformed and yields `None`.
 #[inline(always)]
 pub fn parse<P: Packet>(pkt: &P, off: usize, l3_end: usize) -> Option<Tcp> {
-    let h: [u8; MIN_HLEN] = pkt.read(off)?;
+    let h: [u8; MIN_HLEN] = pkt.read_usual::<_, USUAL_L4_OFF>(off)?;
     let hlen = ((h[12] >> 4) as usize) * 4;
     let payload_off = off + hlen;
     if hlen < MIN_HLEN || payload_off > l3_end || l3_end > pkt.len() {
