@@ -122,8 +122,8 @@ fn flood(p: &Pair, secs: f64, program: Option<&str>) -> Result<(f64, f64, f64, f
 /// Seconds of each program run's flood with the kernel's BPF statistics on.
 const STATS_SECS: f64 = 1.0;
 
-/// (runs, ns run) of every loaded program named `name`, summed: one is attached, any other
-/// (the agent's object loads echo_xdp with echo_tc) has not run.
+/// (run count, total run time in ns) of every loaded program named `name`, summed: one is
+/// attached, and any other (the agent's object loads echo_xdp with echo_tc) has not run.
 fn run_stats(name: &str) -> (u64, u64) {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
