@@ -30,6 +30,9 @@ pub trait Packet: Copy {
     /// devices), `DIR_DOWNLOAD` at TC egress. A constant, so each program carries only its
     /// direction's code.
     const DIRECTION: u8;
+    /// Whether `read_head` and `read_usual` read the packet in place (XDP) rather than
+    /// through the helper's copy like every other read (TC).
+    const READS_IN_PLACE: bool = false;
     /// Reads a `T` at `off`, or `None` when it does not fit in the packet.
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Option<T> {
@@ -81,6 +84,7 @@ pub struct XdpPacket {
 
 impl Packet for XdpPacket {
     const DIRECTION: u8 = echo_common::DIR_UPLOAD;
+    const READS_IN_PLACE: bool = true;
 
     #[inline(always)]
     fn read_head<T: Copy, const OFF: usize>(&self) -> Option<T> {
