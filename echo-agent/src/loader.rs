@@ -22,6 +22,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ec
 pub const XDP_PROGRAM: &str = "echo_xdp";
 /// Name of the TC egress (download) program in the object.
 pub const TC_PROGRAM: &str = "echo_tc";
+/// Name of the benchmarks' baseline in the object: an XDP program that only passes the
+/// frame (never loaded or attached by the agent).
+pub const BASELINE_PROGRAM: &str = "echo_baseline";
 
 #[derive(Debug, Error)]
 pub enum LoadError {

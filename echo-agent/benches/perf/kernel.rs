@@ -18,7 +18,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use echo_agent::{
     device::Mac,
     events::{self, Rings},
-    loader::Programs,
+    loader::{Programs, BASELINE_PROGRAM},
 };
 use echo_common::FLOW_TABLE_ENTRIES;
 use xtask::packets::{tls_stream, Ip, TcpFrame, ACK, DEVICE_MAC, PSH, SYN};
@@ -124,6 +124,25 @@ fn repeated(base: &Xdp, ours: &Xdp, frame: &[u8], repeat: u32) -> (f64, f64) {
     (b as f64 / CHUNKS as f64, o as f64 / CHUNKS as f64)
 }
 
+/// One figure's rounds: ours, the baseline's, and their ratio, ns per packet.
+struct Rounds {
+    ours: Vec<f64>,
+    bases: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+/// Runs `one` (which returns the baseline's and our ns per packet) `n` times.
+fn rounds(n: usize, mut one: impl FnMut() -> (f64, f64)) -> Rounds {
+    let mut r = Rounds { ours: Vec::new(), bases: Vec::new(), ratios: Vec::new() };
+    for _ in 0..n {
+        let (b, o) = one();
+        r.bases.push(b);
+        r.ours.push(o);
+        r.ratios.push(o / b);
+    }
+    r
+}
+
 struct Class {
     name: &'static str,
     shape: fn(&mut TcpFrame),
@@ -137,10 +156,10 @@ pub fn run(scale: Scale) -> Result<String> {
     let mut progs = Programs::load()?;
     progs.set_devices(&[Mac(DEVICE_MAC)])?;
     let mut rings = progs.rings()?;
-    let baseline: &mut Xdp = progs.ebpf.program_mut("echo_baseline").expect("baseline program").try_into()?;
+    let baseline: &mut Xdp = progs.ebpf.program_mut(BASELINE_PROGRAM).expect("baseline program").try_into()?;
     baseline.load()?;
     fn base(progs: &Programs) -> &Xdp {
-        progs.ebpf.program("echo_baseline").expect("loaded").try_into().expect("XDP")
+        progs.ebpf.program(BASELINE_PROGRAM).expect("loaded").try_into().expect("XDP")
     }
     let mut out = String::from("## Kernel: per-packet cost (BPF_PROG_TEST_RUN)\n\n");
     let _ = writeln!(
@@ -163,15 +182,7 @@ pub fn run(scale: Scale) -> Result<String> {
         if !wanted(name) {
             continue;
         }
-        let mut ours = Vec::new();
-        let mut bases = Vec::new();
-        let mut ratios = Vec::new();
-        for _ in 0..scale.rounds {
-            let (b, o) = repeated(base(&progs), progs.xdp(), &frame, repeat);
-            bases.push(b);
-            ours.push(o);
-            ratios.push(o / b);
-        }
+        let Rounds { ours, bases, ratios } = rounds(scale.rounds, || repeated(base(&progs), progs.xdp(), &frame, repeat));
         if name.starts_with("another") {
             ratios_other = ratios.clone();
         }
@@ -206,15 +217,8 @@ pub fn run(scale: Scale) -> Result<String> {
         let (syn, mut seg) = Segments::new(port_shape, stream.clone(), period, c.len);
         run_once(progs.xdp(), &syn, 1);
         let (_, mut base_seg) = Segments::new(port_shape, stream, period, c.len);
-        let mut ours = Vec::new();
-        let mut bases = Vec::new();
-        let mut ratios = Vec::new();
-        for _ in 0..scale.rounds {
-            let (b, o) = distinct(base(&progs), &mut base_seg, progs.xdp(), std::slice::from_mut(&mut seg), &mut rings, scale.packets);
-            bases.push(b);
-            ours.push(o);
-            ratios.push(o / b);
-        }
+        let Rounds { ours, bases, ratios } =
+            rounds(scale.rounds, || distinct(base(&progs), &mut base_seg, progs.xdp(), std::slice::from_mut(&mut seg), &mut rings, scale.packets));
         if k == 0 {
             one_record_ratios = ratios.clone();
         }
@@ -272,13 +276,7 @@ fn scaling(progs: &Programs, base: &Xdp, rings: &mut Rings, scale: Scale) -> Res
         }
         let (_, mut base_seg) = Segments::new(plain, stream, period, 1400);
         let n = scale.packets.min(200_000);
-        let (mut ours, mut bases, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..scale.rounds {
-            let (b, o) = distinct(base, &mut base_seg, progs.xdp(), &mut segs, rings, n);
-            bases.push(b);
-            ours.push(o);
-            ratios.push(o / b);
-        }
+        let Rounds { ours, bases, ratios } = rounds(scale.rounds, || distinct(base, &mut base_seg, progs.xdp(), &mut segs, rings, n));
         medians.push(spread(ratios.clone()).1);
         let _ = writeln!(out, "| {flows} | {active} | {dests} | {} | {} | {} |", fmt3(spread(ours), 1), fmt3(spread(bases), 1), fmt3(spread(ratios), 2));
     }

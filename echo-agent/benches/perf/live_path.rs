@@ -17,7 +17,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use echo_agent::device::Mac;
+use echo_agent::{
+    device::Mac,
+    loader::{BASELINE_PROGRAM, XDP_PROGRAM},
+};
 use xtask::{
     netns::{ip, nsenter, spawn_in},
     packets::DEVICE_MAC,
@@ -140,7 +143,7 @@ pub fn run(scale: Scale) -> Result<String> {
     let mut out = format!("## Live path: UDP flood from the device over a veth pair\n\n{rounds} rounds of {secs} s floods.\n\n| program | packets/s processed | ratio to no program | CPU busy (all cores) | kernel CPU ns/packet | program ns/run (BPF stats) |\n|---|---|---|---|---|---|\n");
     let names = ["none (baseline)", "pass-only XDP program, skb mode", "echo_xdp alone (no agent process), skb mode", "echo-agent, skb mode", "echo-agent, driver mode"];
     // The XDP program each configuration attaches, whose run time the kernel reports.
-    let programs = [None, Some("echo_baseline"), Some("echo_xdp"), Some("echo_xdp"), Some("echo_xdp")];
+    let programs = [None, Some(BASELINE_PROGRAM), Some(XDP_PROGRAM), Some(XDP_PROGRAM), Some(XDP_PROGRAM)];
     // Each program's runs, one a round (the baseline's, one more).
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); names.len()];
     let t0 = Instant::now();
@@ -152,8 +155,9 @@ pub fn run(scale: Scale) -> Result<String> {
     };
     for _ in 0..rounds {
         flood_at(0)?;
-        for (k, program) in [(1, "echo_baseline"), (2, "echo_xdp")] {
-            let attached = attach_alone(&p, program)?;
+        // The pass-only program and echo_xdp, each attached by the bench alone.
+        for k in [1, 2] {
+            let attached = attach_alone(&p, programs[k].expect("a program"))?;
             let r = flood_at(k);
             attached.stop()?;
             r?;
@@ -179,12 +183,13 @@ pub fn run(scale: Scale) -> Result<String> {
     let _ = std::fs::remove_dir_all(&state);
     let ratios: Vec<Vec<f64>> = runs.iter().map(|r| r.iter().enumerate().map(|(i, x)| x.pps / baseline_at(&runs[0], i.min(runs[0].len() - 2), x.at)).collect()).collect();
     let (hook_ratio, skb_ratio) = (spread(ratios[1].clone()).1, spread(ratios[3].clone()).1);
+    // Configuration k's min / median / max of one figure.
+    let col = |k: usize, f: fn(&Run) -> f64| spread(runs[k].iter().map(f).collect());
     for (k, name) in names.iter().enumerate() {
-        let col = |f: fn(&Run) -> f64| spread(runs[k].iter().map(f).collect());
-        let run_ns = if programs[k].is_some() { fmt3(col(|r| r.run_ns), 0) } else { "–".into() };
-        let _ = writeln!(out, "| {name} | {} | {} | {} | {} | {run_ns} |", fmt3(col(|r| r.pps), 0), fmt3(spread(ratios[k].clone()), 3), fmt3(col(|r| r.busy), 2), fmt3(col(|r| r.ns), 0));
+        let run_ns = if programs[k].is_some() { fmt3(col(k, |r| r.run_ns), 0) } else { "–".into() };
+        let _ = writeln!(out, "| {name} | {} | {} | {} | {} | {run_ns} |", fmt3(col(k, |r| r.pps), 0), fmt3(spread(ratios[k].clone()), 3), fmt3(col(k, |r| r.busy), 2), fmt3(col(k, |r| r.ns), 0));
     }
-    let median = |k: usize, f: fn(&Run) -> f64| spread(runs[k].iter().map(f).collect()).1;
+    let median = |k: usize, f: fn(&Run) -> f64| col(k, f).1;
     // The program's own cost live: its run time over the pass-only program's (both carry
     // the statistics' clock reads), against a packet's whole cost at the no-program rate.
     let (program_ns, packet_ns) = (median(3, |r| r.run_ns) - median(1, |r| r.run_ns), 1e9 / median(0, |r| r.pps));
