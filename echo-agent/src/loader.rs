@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use echo_common::{
-    DeviceSlot, MarkerInfo, MarkerKey, CLOCK_CAPTURE, CLOCK_KERNEL, DEVICE_SLOTS, MAP_CLOCK, MAP_DEVICE_TABLE, MAP_EVENTS, MAP_MARKERS, MAP_MARKERS_ON, MAP_SNIPPETS, MAX_DEVICES, MAX_MARKERS,
+    DeviceSlot, MarkerInfo, MarkerKey, CLOCK_CAPTURE, GLOBAL_MARKERS_ENABLED, CLOCK_KERNEL, DEVICE_SLOTS, MAP_CLOCK, MAP_DEVICE_TABLE, MAP_EVENTS, MAP_MARKERS, MAP_SNIPPETS, MAX_DEVICES, MAX_MARKERS,
 };
 use thiserror::Error;
 
@@ -116,14 +116,15 @@ pub struct Programs {
 }
 
 impl Programs {
-    /// Loads with private maps (replay, tests).
-    pub fn load() -> Result<Self, LoadError> {
-        Self::load_with(&mut EbpfLoader::new())
+    /// Loads with private maps (replay, tests), `markers` (address, family) the marker
+    /// addresses (slot = position in the list).
+    pub fn load(markers: &[MarkerKey]) -> Result<Self, LoadError> {
+        Self::load_with(&mut EbpfLoader::new(), markers)
     }
 
     /// Loads reusing the maps pinned in `dir` when their layout matches, pinning fresh ones
-    /// otherwise. Returns what had to be recreated, for the log.
-    pub fn load_pinned(dir: &Path) -> Result<(Self, Vec<String>), LoadError> {
+    /// otherwise; `markers` as for `load`. Returns what had to be recreated, for the log.
+    pub fn load_pinned(dir: &Path, markers: &[MarkerKey]) -> Result<(Self, Vec<String>), LoadError> {
         let obj = object();
         let notes = pins::check_layout(dir, &obj)?;
         let mut loader = EbpfLoader::new();
@@ -132,12 +133,20 @@ impl Programs {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        Ok((Self::load_with(&mut loader)?, notes))
+        Ok((Self::load_with(&mut loader, markers)?, notes))
     }
 
-    fn load_with(loader: &mut EbpfLoader) -> Result<Self, LoadError> {
+    /// Whether there are markers is fixed at load time (`GLOBAL_MARKERS_ENABLED`), so the
+    /// verifier drops the marker check from a program without markers; the addresses go into
+    /// `MARKERS` once the object is loaded.
+    fn load_with(loader: &mut EbpfLoader, markers: &[MarkerKey]) -> Result<Self, LoadError> {
+        if markers.len() > MAX_MARKERS as usize {
+            return Err(LoadError::TooManyMarkers(markers.len()));
+        }
         let privileges = |e: &(dyn std::error::Error + 'static)| is_eperm(e);
+        let enabled = if markers.is_empty() { &0u32 } else { &1u32 };
         let mut ebpf = loader
+            .override_global(GLOBAL_MARKERS_ENABLED, enabled, true)
             .load(OBJECT)
             .map_err(|e| if privileges(&e) { LoadError::Privileges } else { LoadError::Object(e) })?;
         let program_err = |name, e: ProgramError| if privileges(&e) { LoadError::Privileges } else { LoadError::Program(name, e) };
@@ -158,7 +167,9 @@ impl Programs {
         });
         xdp.map_err(|e| program_err(XDP_PROGRAM, e))?;
         tc.map_err(|e| program_err(TC_PROGRAM, e))?;
-        Ok(Programs { ebpf })
+        let mut programs = Programs { ebpf };
+        programs.fill_markers(markers)?;
+        Ok(programs)
     }
 
     pub fn xdp(&self) -> &Xdp {
@@ -203,11 +214,8 @@ impl Programs {
         Ok(indices)
     }
 
-    /// Makes `markers` (address, family) the marker addresses; slot = position in the list.
-    pub fn set_markers(&mut self, markers: &[MarkerKey]) -> Result<(), LoadError> {
-        if markers.len() > MAX_MARKERS as usize {
-            return Err(LoadError::TooManyMarkers(markers.len()));
-        }
+    /// Makes `markers` the contents of `MARKERS` (pinned: an earlier agent's addresses go).
+    fn fill_markers(&mut self, markers: &[MarkerKey]) -> Result<(), LoadError> {
         let map_err = |e| LoadError::Map(MAP_MARKERS, e);
         let mut map: HashMap<_, MarkerKey, MarkerInfo> = HashMap::try_from(self.map_mut(MAP_MARKERS)).map_err(map_err)?;
         let old: Vec<MarkerKey> = map.keys().collect::<Result<_, _>>().map_err(map_err)?;
@@ -217,9 +225,7 @@ impl Programs {
         for (slot, key) in markers.iter().enumerate() {
             map.insert(key, MarkerInfo { slot: slot as u32 }, 0).map_err(map_err)?;
         }
-        let mut on: Array<_, u32> =
-            Array::try_from(self.map_mut(MAP_MARKERS_ON)).map_err(|e| LoadError::Map(MAP_MARKERS_ON, e))?;
-        on.set(0, !markers.is_empty() as u32, 0).map_err(|e| LoadError::Map(MAP_MARKERS_ON, e))
+        Ok(())
     }
 
     /// Makes the programs read each frame's capture time as "now" (replay), or the kernel's

@@ -183,10 +183,9 @@ pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64,
 
 /// Loads the programs, replays `path` for `devices`, and reports.
 pub fn replay(path: &Path, devices: &[Mac], config: &Config) -> Result<Report> {
-    let mut progs = Programs::load()?;
-    progs.set_devices(devices)?;
     let keys: Vec<_> = config.markers.iter().map(|m| m.key()).collect();
-    progs.set_markers(&keys)?;
+    let mut progs = Programs::load(&keys)?;
+    progs.set_devices(devices)?;
     let run = testrun::run_capture(&mut progs, path, devices)?;
     report(&progs, devices, run.frames, run.short_frames, &run.items, config)
 }

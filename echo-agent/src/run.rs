@@ -75,12 +75,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
 
     let dir = pins::prepare_for(&args.iface)?;
-    let (mut progs, notes) = Programs::load_pinned(&dir)?;
+    let keys: Vec<_> = args.markers.iter().map(|m| m.key()).collect();
+    let (mut progs, notes) = Programs::load_pinned(&dir, &keys)?;
     notes.iter().for_each(log);
     let macs: Vec<_> = args.devices.iter().map(|d| d.mac).collect();
     let indices = progs.set_devices(&macs)?;
-    let keys: Vec<_> = args.markers.iter().map(|m| m.key()).collect();
-    progs.set_markers(&keys)?;
     let _stats_fd = if args.bpf_stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?)
     } else {

@@ -23,7 +23,7 @@ const HOST: &str = "avs-alexa-12-na.amazon.com";
 
 /// Loaded programs and their ring buffers.
 fn load() -> (Programs, Rings) {
-    let mut progs = Programs::load().expect("load programs (root needed)");
+    let mut progs = Programs::load(&[]).expect("load programs (root needed)");
     progs.set_devices(&[Mac(DEVICE_MAC)]).unwrap();
     let rings = progs.rings().unwrap();
     (progs, rings)

@@ -75,11 +75,6 @@ pub static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static MARKERS: HashMap<MarkerKey, MarkerInfo> = HashMap::with_max_entries(MAX_MARKERS, 0);
 
-/// Index 0: non-zero when `MARKERS` holds any address, so frames skip the marker check
-/// entirely when no markers are configured. Written by user space with `MARKERS`.
-#[map]
-pub static MARKERS_ON: Array<u32> = Array::with_max_entries(1, 0);
-
 /// Echo requests seen per marker slot, per CPU: exact even when events are dropped.
 /// Written by the programs; read and summed by user space. Bounded by `MAX_MARKERS`.
 #[map]

@@ -153,7 +153,7 @@ struct Class {
 fn plain(_: &mut TcpFrame) {}
 
 pub fn run(scale: Scale) -> Result<String> {
-    let mut progs = Programs::load()?;
+    let mut progs = Programs::load(&[])?;
     progs.set_devices(&[Mac(DEVICE_MAC)])?;
     let mut rings = progs.rings()?;
     let baseline: &mut Xdp = progs.ebpf.program_mut(BASELINE_PROGRAM).expect("baseline program").try_into()?;
@@ -162,12 +162,18 @@ pub fn run(scale: Scale) -> Result<String> {
         progs.ebpf.program(BASELINE_PROGRAM).expect("loaded").try_into().expect("XDP")
     }
     let mut out = String::from("## Kernel: per-packet cost (BPF_PROG_TEST_RUN)\n\n");
+    // With markers the verifier also follows the marker check, which it drops without them.
+    let marker: echo_agent::markers::MarkerSpec = "192.0.2.1=command_start".parse()?;
+    let with_markers = Programs::load(&[marker.key()])?;
     let _ = writeln!(
         out,
-        "Verifier: {} instructions processed for echo_xdp, {} for echo_tc.\n",
+        "Verifier: {} instructions processed for echo_xdp, {} for echo_tc (loaded with a marker address: {} and {}). The fixtures run without markers.\n",
         progs.xdp_verified_insns().unwrap_or(0),
-        progs.tc_verified_insns().unwrap_or(0)
+        progs.tc_verified_insns().unwrap_or(0),
+        with_markers.xdp_verified_insns().unwrap_or(0),
+        with_markers.tc_verified_insns().unwrap_or(0)
     );
+    drop(with_markers);
     let _ = writeln!(out, "| fixture | ns/packet | baseline ns/packet | ratio to baseline |\n|---|---|---|---|");
 
     // Stateless: one frame, repeated.
