@@ -9,11 +9,11 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use echo_common::{
-    DeviceSlot, MarkerInfo, MarkerKey, CLOCK_CAPTURE, GLOBAL_MARKERS_ENABLED, CLOCK_KERNEL, DEVICE_SLOTS, MAP_CLOCK, MAP_DEVICE_TABLE, MAP_EVENTS, MAP_MARKERS, MAP_SNIPPETS, MAX_DEVICES, MAX_MARKERS,
+    DeviceSlot, MarkerInfo, MarkerKey, CLOCK_CAPTURE, CLOCK_KERNEL, DEVICE_SLOTS, GLOBAL_CLOCK, GLOBAL_MARKERS_ENABLED, MAP_DEVICE_TABLE, MAP_EVENTS, MAP_MARKERS, MAP_SNIPPETS, MAX_DEVICES, MAX_MARKERS,
 };
 use thiserror::Error;
 
-use crate::{device::Mac, device_table, pins};
+use crate::{clock::Clock, device::Mac, device_table, pins};
 
 /// The programs, compiled for the BPF target by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/echo-ebpf"));
@@ -113,13 +113,16 @@ impl MapSource for MapSet {
 /// The loaded object with both programs loaded into the kernel (not attached).
 pub struct Programs {
     pub ebpf: Ebpf,
+    /// The clock the programs take "now" from, fixed at load time (`GLOBAL_CLOCK`):
+    /// `Monotonic` the kernel's (`CLOCK_KERNEL`), `Capture` each frame's (`CLOCK_CAPTURE`).
+    clock: Clock,
 }
 
 impl Programs {
     /// Loads with private maps (replay, tests), `markers` (address, family) the marker
-    /// addresses (slot = position in the list).
-    pub fn load(markers: &[MarkerKey]) -> Result<Self, LoadError> {
-        Self::load_with(&mut EbpfLoader::new(), markers)
+    /// addresses (slot = position in the list), reading `clock`.
+    pub fn load(markers: &[MarkerKey], clock: Clock) -> Result<Self, LoadError> {
+        Self::load_with(&mut EbpfLoader::new(), markers, clock)
     }
 
     /// Loads reusing the maps pinned in `dir` when their layout matches, pinning fresh ones
@@ -133,13 +136,14 @@ impl Programs {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        Ok((Self::load_with(&mut loader, markers)?, notes))
+        Ok((Self::load_with(&mut loader, markers, Clock::Monotonic)?, notes))
     }
 
-    /// Whether there are markers is fixed at load time (`GLOBAL_MARKERS_ENABLED`), so the
-    /// verifier drops the marker check from a program without markers; the addresses go into
-    /// `MARKERS` once the object is loaded.
-    fn load_with(loader: &mut EbpfLoader, markers: &[MarkerKey]) -> Result<Self, LoadError> {
+    /// The clock and whether there are markers are fixed at load time (`GLOBAL_CLOCK`,
+    /// `GLOBAL_MARKERS_ENABLED`), so the verifier drops the other clock's code, and the marker
+    /// check from a program without markers; the addresses go into `MARKERS` once the object
+    /// is loaded.
+    fn load_with(loader: &mut EbpfLoader, markers: &[MarkerKey], clock: Clock) -> Result<Self, LoadError> {
         if markers.len() > MAX_MARKERS as usize {
             return Err(LoadError::TooManyMarkers(markers.len()));
         }
@@ -147,6 +151,7 @@ impl Programs {
         let enabled = if markers.is_empty() { &0u32 } else { &1u32 };
         let mut ebpf = loader
             .override_global(GLOBAL_MARKERS_ENABLED, enabled, true)
+            .override_global(GLOBAL_CLOCK, if clock == Clock::Capture { &CLOCK_CAPTURE } else { &CLOCK_KERNEL }, true)
             .load(OBJECT)
             .map_err(|e| if privileges(&e) { LoadError::Privileges } else { LoadError::Object(e) })?;
         let program_err = |name, e: ProgramError| if privileges(&e) { LoadError::Privileges } else { LoadError::Program(name, e) };
@@ -167,7 +172,7 @@ impl Programs {
         });
         xdp.map_err(|e| program_err(XDP_PROGRAM, e))?;
         tc.map_err(|e| program_err(TC_PROGRAM, e))?;
-        let mut programs = Programs { ebpf };
+        let mut programs = Programs { ebpf, clock };
         programs.fill_markers(markers)?;
         Ok(programs)
     }
@@ -228,11 +233,9 @@ impl Programs {
         Ok(())
     }
 
-    /// Makes the programs read each frame's capture time as "now" (replay), or the kernel's
-    /// monotonic clock (live, the default); see `echo_common::CLOCK_CAPTURE`.
-    pub fn set_capture_clock(&mut self, capture: bool) -> Result<(), LoadError> {
-        let mut arr: Array<_, u64> = Array::try_from(self.map_mut(MAP_CLOCK)).map_err(|e| LoadError::Map(MAP_CLOCK, e))?;
-        arr.set(0, if capture { CLOCK_CAPTURE } else { CLOCK_KERNEL }, 0).map_err(|e| LoadError::Map(MAP_CLOCK, e))
+    /// The clock the programs were loaded with.
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     /// Takes the named maps out of the object (for a thread that reads them on its own).

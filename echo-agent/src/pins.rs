@@ -27,7 +27,7 @@ pub const XDP_LINK_DRIVER: &str = "link_xdp_driver";
 pub const XDP_LINK_SKB: &str = "link_xdp_skb";
 pub const TC_LINK: &str = "link_tc";
 
-/// Maps shared by successive agents (everything but the clock switch and scratch space).
+/// Maps shared by successive agents (all but the scratch space).
 pub const PINNED_MAPS: &[&str] = &[
     MAP_DEVICE_TABLE,
     MAP_FLOWS,

@@ -184,7 +184,7 @@ pub fn report(progs: &Programs, devices: &[Mac], frames: u64, short_frames: u64,
 /// Loads the programs, replays `path` for `devices`, and reports.
 pub fn replay(path: &Path, devices: &[Mac], config: &Config) -> Result<Report> {
     let keys: Vec<_> = config.markers.iter().map(|m| m.key()).collect();
-    let mut progs = Programs::load(&keys)?;
+    let mut progs = Programs::load(&keys, Clock::Capture)?;
     progs.set_devices(devices)?;
     let run = testrun::run_capture(&mut progs, path, devices)?;
     report(&progs, devices, run.frames, run.short_frames, &run.items, config)

@@ -18,12 +18,13 @@ use std::{
     sync::{mpsc, Mutex},
 };
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use echo_common::{CAPTURE_TIME_META_LEN, SKB_CB_OFF};
 
 use crate::{
     capture,
+    clock::Clock,
     device::Mac,
     events::{self, Item},
     gso,
@@ -53,8 +54,8 @@ thread_local! {
 }
 
 /// One frame through the program that would see it live; returns its verdict. `ts_ns` is
-/// the frame's capture time, which the programs read as "now" once the clock is the
-/// capture's (`Programs::set_capture_clock`).
+/// the frame's capture time, which the programs read as "now" when loaded with
+/// `Clock::Capture`.
 pub fn run_one(progs: &Programs, frame: &[u8], ts_ns: u64, devices: &[Mac]) -> Result<u32> {
     let to_device = frame.len() >= 6 && devices.iter().any(|m| m.0 == frame[..6]);
     let from_device = frame.len() >= 12 && devices.iter().any(|m| m.0 == frame[6..12]);
@@ -126,7 +127,9 @@ impl Batch {
 pub fn run_capture(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result<Run> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
     let shared = Mutex::new((progs.rings()?, Vec::new()));
-    progs.set_capture_clock(true)?;
+    if progs.clock() != Clock::Capture {
+        bail!("replaying a capture needs the programs loaded with the capture's clock");
+    }
     let progs_ref: &Programs = progs;
     let counted = std::thread::scope(|s| -> Result<(u64, u64)> {
         let mut queues = Vec::with_capacity(threads);
@@ -181,7 +184,6 @@ pub fn run_capture(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result
         }
         Ok((frames?, short))
     });
-    progs.set_capture_clock(false)?;
     let (frames, short_frames) = counted?;
     let (_, mut items) = shared.into_inner().expect("no thread panics holding it");
     // Snippets before events of the same time, as one thread drains them (`drain_all`), and

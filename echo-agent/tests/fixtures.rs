@@ -2,7 +2,7 @@
 //! each states the exact counters the XDP program must produce.
 
 use aya::programs::{TestRun, TestRunOptions};
-use echo_agent::{counters, device::Mac, events, loader::Programs, testrun};
+use echo_agent::{counters, device::Mac, events, clock::Clock, loader::Programs, testrun};
 use echo_common::{DestStats, PacketClass, DIR_DOWNLOAD, DIR_UPLOAD, MAX_DEVICES, PACKET_CLASSES};
 use xtask::packets::{tls_stream, udp_v4, Ip, TcpFrame, ACK, DEVICE_MAC, HOTSPOT_MAC, PSH, SYN};
 
@@ -25,7 +25,7 @@ struct Expect {
 /// Runs `frames` through a freshly loaded program; returns the TCP destination's counters
 /// (None when there is none) and the device's upload packet classes.
 fn run(frames: &[Vec<u8>]) -> (Option<DestStats>, [u64; PACKET_CLASSES]) {
-    let mut progs = Programs::load(&[]).expect("load programs (root needed)");
+    let mut progs = Programs::load(&[], Clock::Monotonic).expect("load programs (root needed)");
     progs.set_devices(&[Mac(DEVICE_MAC)]).unwrap();
     for f in frames {
         assert_eq!(testrun::run_one(&progs, f, 0, &[Mac(DEVICE_MAC)]).unwrap(), 2, "XDP_PASS, always");
@@ -224,7 +224,7 @@ fn other_macs_pass_untouched_and_uncounted() {
 fn sixteen_devices_of_one_home_slot_are_each_found() {
     let macs = echo_agent::device_table::colliding(MAX_DEVICES as usize + 1);
     let (devices, other) = (&macs[..MAX_DEVICES as usize], macs[MAX_DEVICES as usize]);
-    let mut progs = Programs::load(&[]).expect("load programs (root needed)");
+    let mut progs = Programs::load(&[], Clock::Monotonic).expect("load programs (root needed)");
     assert_eq!(progs.set_devices(devices).unwrap(), (0..MAX_DEVICES).collect::<Vec<_>>());
     for (i, mac) in macs.iter().enumerate() {
         for f in flow(&tls_stream(&[(APP, 100 + i)]), &[], &[], |f| {
@@ -289,7 +289,7 @@ const XDP_PASS: u32 = 2;
 /// consistent (TLS bytes never exceed the TCP payload seen).
 #[test]
 fn malformed_frames_always_pass() {
-    let mut progs = Programs::load(&[]).unwrap();
+    let mut progs = Programs::load(&[], Clock::Monotonic).unwrap();
     progs.set_devices(&[Mac(DEVICE_MAC)]).unwrap();
     let seeds: Vec<Vec<u8>> = [
         flow(&tls_stream(&[(HS, 200), (APP, 1000), (APP, 50)]), &[300, 700], &[], plain),
@@ -378,10 +378,9 @@ fn marker_pings_become_events() {
     use echo_common::{EVENT_MARKER, MAP_EVENTS};
     let markers: Vec<MarkerSpec> =
         ["192.0.2.1=command_start", "192.0.2.2=command_end", "2001:db8::1=response_start", "192.0.2.4=response_end"].iter().map(|m| m.parse().unwrap()).collect();
-    let mut progs = Programs::load(&markers.iter().map(|m| m.key()).collect::<Vec<_>>()).unwrap();
+    let mut progs = Programs::load(&markers.iter().map(|m| m.key()).collect::<Vec<_>>(), Clock::Capture).unwrap();
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
-    progs.set_capture_clock(true).unwrap();
     let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).unwrap()).unwrap();
     let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
     let hotspot = xtask::packets::HOTSPOT_MAC;
@@ -418,7 +417,7 @@ fn a_full_ring_buffer_counts_dropped_events_and_keeps_counters_exact() {
     let stream = tls_stream(&vec![(APP, PAYLOAD); SEGMENTS]);
     let cuts: Vec<usize> = (1..SEGMENTS).map(|i| i * (PAYLOAD + 5)).collect();
     let frames = flow(&stream, &cuts, &[], plain);
-    let mut progs = Programs::load(&[]).unwrap();
+    let mut progs = Programs::load(&[], Clock::Monotonic).unwrap();
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
     for f in &frames {
@@ -445,7 +444,7 @@ fn live_markers_carry_the_monotonic_clock_and_app_data_the_coarse_one() {
     use echo_agent::{clock::now_ns as now, markers::MarkerSpec};
     use echo_common::{EVENT_APP_DATA, EVENT_MARKER};
     let marker: MarkerSpec = "192.0.2.1=command_start".parse().unwrap();
-    let mut progs = Programs::load(&[marker.key()]).unwrap();
+    let mut progs = Programs::load(&[marker.key()], Clock::Monotonic).unwrap();
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
     let mut rings = progs.rings().unwrap();
@@ -471,9 +470,8 @@ fn live_markers_carry_the_monotonic_clock_and_app_data_the_coarse_one() {
 #[test]
 fn first_and_last_seen_are_the_earliest_and_latest_times_in_any_run_order() {
     let devices = [Mac(DEVICE_MAC)];
-    let mut progs = Programs::load(&[]).unwrap();
+    let mut progs = Programs::load(&[], Clock::Capture).unwrap();
     progs.set_devices(&devices).unwrap();
-    progs.set_capture_clock(true).unwrap();
     let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(echo_common::MAP_EVENTS).unwrap()).unwrap();
     // Two connections to one destination (10.77.2.10:443), from ports 40000 and 40001.
     let conn = |sport: u16| -> Vec<Vec<u8>> {

@@ -10,6 +10,7 @@ use echo_agent::{
     counters,
     device::Mac,
     exporter::{Health, MapCollector},
+    clock::Clock,
     loader::Programs,
     testrun,
 };
@@ -34,7 +35,7 @@ const MAX_DESTINATIONS: usize = 50;
 
 #[test]
 fn a_million_flows_to_100k_destinations_stay_bounded_and_the_busy_one_exact() {
-    let mut progs = Programs::load(&[]).expect("load programs (root needed)");
+    let mut progs = Programs::load(&[], Clock::Monotonic).expect("load programs (root needed)");
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
     let run = |progs: &Programs, f: &[u8]| assert_eq!(testrun::run_one(progs, f, 0, &devices).unwrap(), 2);

@@ -242,7 +242,7 @@ fn layout_mismatch_recreated_and_clean_detach() {
     let dir = Path::new("/sys/fs/bpf/echo-agent/v1").join(&topo.hotspot_lan_if);
     std::fs::create_dir_all(&dir).unwrap();
     // A one-entry per-CPU array pinned where DEST_STATS belongs.
-    let other = echo_agent::loader::Programs::load(&[]).unwrap();
+    let other = echo_agent::loader::Programs::load(&[], echo_agent::clock::Clock::Monotonic).unwrap();
     other.ebpf.map("EVENT_DROPS").unwrap().pin(dir.join("DEST_STATS")).unwrap();
     // And a map of an older agent's layout, which this agent no longer has.
     other.ebpf.map("SNIPPET_DROPS").unwrap().pin(dir.join("DEVICE_FILTER")).unwrap();

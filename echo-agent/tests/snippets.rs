@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use echo_agent::{
     device::Mac,
     events::{self, Item, Rings},
+    clock::Clock,
     loader::Programs,
     names::{self, Learned, Source},
     testrun,
@@ -23,7 +24,7 @@ const HOST: &str = "avs-alexa-12-na.amazon.com";
 
 /// Loaded programs and their ring buffers.
 fn load() -> (Programs, Rings) {
-    let mut progs = Programs::load(&[]).expect("load programs (root needed)");
+    let mut progs = Programs::load(&[], Clock::Monotonic).expect("load programs (root needed)");
     progs.set_devices(&[Mac(DEVICE_MAC)]).unwrap();
     let rings = progs.rings().unwrap();
     (progs, rings)

@@ -22,7 +22,12 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_DEST_STATS: &str = "DEST_STATS";
 pub const MAP_CLASS_COUNTERS: &str = "CLASS_COUNTERS";
 pub const MAP_INSERTS: &str = "MAP_INSERTS";
-pub const MAP_CLOCK: &str = "CLOCK";
+/// Symbol of the programs' load-time clock switch (`echo-ebpf/src/accounting.rs`): a `u64`
+/// in `.rodata`, `CLOCK_KERNEL` or `CLOCK_CAPTURE`, set by user space before loading
+/// (`EbpfLoader::override_global`). The map is frozen, so the verifier knows the value and
+/// drops the other clock's code from every frame's path (a map read per counted frame
+/// before).
+pub const GLOBAL_CLOCK: &str = "CLOCK";
 
 /// `CLOCK`'s value in live operation: the programs read `bpf_ktime_get_ns` for events and
 /// `bpf_ktime_get_coarse_ns` (a tick's resolution, for a seventh of the cost) for the first

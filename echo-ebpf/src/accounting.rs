@@ -4,16 +4,17 @@
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    Global,
 };
 use echo_common::{
     class_counter_index, device_home_slot, mac_word_of_u16s, DestKey, DestStats, DeviceSlot, Event, FlowKey, FlowState,
-    PacketClass, CLOCK_CAPTURE, DEVICE_SLOTS, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
+    PacketClass, CLOCK_CAPTURE, CLOCK_KERNEL, DEVICE_SLOTS, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
     FLOW_STREAM_START, INSERTS_DEST_STATS, INSERTS_FLOWS, MAX_DEVICES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     maps::{
-        CLASS_COUNTERS, CLOCK, DEST_STATS, DEVICE_TABLE, EVENTS, EVENT_DROPS, FLOWS,
+        CLASS_COUNTERS, DEST_STATS, DEVICE_TABLE, EVENTS, EVENT_DROPS, FLOWS,
         MAP_INSERTS, SCRATCH,
     },
     markers,
@@ -304,10 +305,16 @@ fn coarse_now_ns<P: Packet>(pkt: &P) -> u64 {
     clock_ns::<P, true>(pkt)
 }
 
+/// Which clock `clock_ns` reads: `CLOCK_KERNEL` or `CLOCK_CAPTURE`, set at load time
+/// (`echo_common::GLOBAL_CLOCK`, its symbol). In frozen `.rodata`, so the verifier drops the
+/// other clock's code.
+#[unsafe(no_mangle)]
+static CLOCK: Global<u64> = Global::new(CLOCK_KERNEL);
+
 #[inline(always)]
 fn clock_ns<P: Packet, const COARSE: bool>(pkt: &P) -> u64 {
-    match CLOCK.get(0) {
-        Some(&CLOCK_CAPTURE) => pkt.capture_time_ns(),
+    match CLOCK.load() {
+        CLOCK_CAPTURE => pkt.capture_time_ns(),
         // SAFETY: helpers without preconditions.
         _ if COARSE => unsafe { bpf_ktime_get_coarse_ns() },
         _ => unsafe { bpf_ktime_get_ns() },

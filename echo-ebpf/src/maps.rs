@@ -45,12 +45,6 @@ pub static CLASS_COUNTERS: PerCpuArray<u64> =
 #[map]
 pub static MAP_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(INSERTS_SLOTS, 0);
 
-/// Which clock the programs read, index 0: `CLOCK_KERNEL` (live, the kernel's clocks) or
-/// `CLOCK_CAPTURE` (replay: each frame carries its capture time, so that replayed times are
-/// the capture's). Written by user space once, before a replay; read on every counted frame.
-#[map]
-pub static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
-
 /// Scratch slot, index 0, per CPU: the program writes a segment's sequence number, length and
 /// payload offset and reads them back before walking records (see `accounting::launder`).
 /// Private to the program.

@@ -18,6 +18,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use echo_agent::{
     device::Mac,
     events::{self, Rings},
+    clock::Clock,
     loader::{Programs, BASELINE_PROGRAM},
 };
 use echo_common::FLOW_TABLE_ENTRIES;
@@ -153,7 +154,7 @@ struct Class {
 fn plain(_: &mut TcpFrame) {}
 
 pub fn run(scale: Scale) -> Result<String> {
-    let mut progs = Programs::load(&[])?;
+    let mut progs = Programs::load(&[], Clock::Monotonic)?;
     progs.set_devices(&[Mac(DEVICE_MAC)])?;
     let mut rings = progs.rings()?;
     let baseline: &mut Xdp = progs.ebpf.program_mut(BASELINE_PROGRAM).expect("baseline program").try_into()?;
@@ -164,7 +165,7 @@ pub fn run(scale: Scale) -> Result<String> {
     let mut out = String::from("## Kernel: per-packet cost (BPF_PROG_TEST_RUN)\n\n");
     // With markers the verifier also follows the marker check, which it drops without them.
     let marker: echo_agent::markers::MarkerSpec = "192.0.2.1=command_start".parse()?;
-    let with_markers = Programs::load(&[marker.key()])?;
+    let with_markers = Programs::load(&[marker.key()], Clock::Monotonic)?;
     let _ = writeln!(
         out,
         "Verifier: {} instructions processed for echo_xdp, {} for echo_tc (loaded with a marker address: {} and {}). The fixtures run without markers.\n",

@@ -19,6 +19,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use echo_agent::{
     device::Mac,
+    clock::Clock,
     loader::{BASELINE_PROGRAM, XDP_PROGRAM},
 };
 use xtask::{
@@ -246,7 +247,7 @@ fn attach_alone(p: &Pair, program: &'static str) -> Result<Attached> {
     let iface = p.sink_if.clone();
     let thread = spawn_in(&p.sink, move || -> Result<()> {
         let attached = (|| -> Result<_> {
-            let mut progs = echo_agent::loader::Programs::load(&[])?;
+            let mut progs = echo_agent::loader::Programs::load(&[], Clock::Monotonic)?;
             progs.set_devices(&[Mac(DEVICE_MAC)])?;
             let prog: &mut aya::programs::Xdp = progs.ebpf.program_mut(program).context(program)?.try_into()?;
             // `Programs::load` loaded echo_xdp already, not the baseline.
