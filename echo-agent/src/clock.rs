@@ -2,7 +2,8 @@
 //! (CLOCK_MONOTONIC), which NTP steps do not move, so windows are measured in it and only
 //! the output is converted; replayed events carry the capture's own (epoch) time.
 
-/// How to read an event's `ts_ns`.
+/// How to read an event's `ts_ns`, and the clock the programs take it from, which
+/// `Programs::load` fixes (`echo_common::CLOCK_KERNEL` for `Monotonic`, `CLOCK_CAPTURE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Clock {
     /// Epoch nanoseconds (replay: the capture's timestamps).

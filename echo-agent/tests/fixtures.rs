@@ -2,7 +2,7 @@
 //! each states the exact counters the XDP program must produce.
 
 use aya::programs::{TestRun, TestRunOptions};
-use echo_agent::{counters, device::Mac, events, clock::Clock, loader::Programs, testrun};
+use echo_agent::{clock::Clock, counters, device::Mac, events, loader::Programs, testrun};
 use echo_common::{DestStats, PacketClass, DIR_DOWNLOAD, DIR_UPLOAD, MAX_DEVICES, PACKET_CLASSES};
 use xtask::packets::{tls_stream, udp_v4, Ip, TcpFrame, ACK, DEVICE_MAC, HOTSPOT_MAC, PSH, SYN};
 

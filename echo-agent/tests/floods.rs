@@ -7,10 +7,10 @@
 use std::{sync::Arc, time::Instant};
 
 use echo_agent::{
+    clock::Clock,
     counters,
     device::Mac,
     exporter::{Health, MapCollector},
-    clock::Clock,
     loader::Programs,
     testrun,
 };

@@ -5,9 +5,9 @@
 use std::net::IpAddr;
 
 use echo_agent::{
+    clock::Clock,
     device::Mac,
     events::{self, Item, Rings},
-    clock::Clock,
     loader::Programs,
     names::{self, Learned, Source},
     testrun,

@@ -31,8 +31,8 @@ pub const MAP_EVENT_DROPS: &str = "EVENT_DROPS";
 pub const MAP_MARKERS: &str = "MARKERS";
 /// Symbol of the programs' load-time switch for markers (`echo-ebpf/src/markers.rs`): a
 /// `u32` in `.rodata`, non-zero when `MARKERS` holds any address. User space sets it before
-/// loading (`EbpfLoader::override_global`); the map is frozen, so the verifier knows its value and
-/// drops the marker check of an agent without markers from every frame's path.
+/// loading (`EbpfLoader::override_global`). The map is frozen, so the verifier knows the
+/// value and drops the marker check of an agent without markers from every frame's path.
 pub const GLOBAL_MARKERS_ENABLED: &str = "MARKERS_ENABLED";
 pub const MAP_MARKER_PINGS: &str = "MARKER_PINGS";
 

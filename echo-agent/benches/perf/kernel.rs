@@ -16,9 +16,9 @@ use std::{fmt::Write as _, sync::Arc};
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use echo_agent::{
+    clock::Clock,
     device::Mac,
     events::{self, Rings},
-    clock::Clock,
     loader::{Programs, BASELINE_PROGRAM},
 };
 use echo_common::FLOW_TABLE_ENTRIES;

@@ -18,8 +18,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use echo_agent::{
-    device::Mac,
     clock::Clock,
+    device::Mac,
     loader::{BASELINE_PROGRAM, XDP_PROGRAM},
 };
 use xtask::{
