@@ -126,7 +126,8 @@ impl Programs {
     }
 
     /// Loads reusing the maps pinned in `dir` when their layout matches, pinning fresh ones
-    /// otherwise; `markers` as for `load`. Returns what had to be recreated, for the log.
+    /// otherwise; `markers` as for `load`, the kernel's clock (`Clock::Monotonic`: live).
+    /// Returns what had to be recreated, for the log.
     pub fn load_pinned(dir: &Path, markers: &[MarkerKey]) -> Result<(Self, Vec<String>), LoadError> {
         let obj = object();
         let notes = pins::check_layout(dir, &obj)?;

@@ -125,11 +125,12 @@ impl Batch {
 /// sees it live (XDP for frames from a device and any other frame arriving on the interface,
 /// TC egress for frames to a device), on one thread per core.
 pub fn run_capture(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result<Run> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
-    let shared = Mutex::new((progs.rings()?, Vec::new()));
+    // Before anything is taken out of `progs`, so that a refused call leaves them whole.
     if progs.clock() != Clock::Capture {
         bail!("replaying a capture needs the programs loaded with the capture's clock");
     }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
+    let shared = Mutex::new((progs.rings()?, Vec::new()));
     let progs_ref: &Programs = progs;
     let counted = std::thread::scope(|s| -> Result<(u64, u64)> {
         let mut queues = Vec::with_capacity(threads);
