@@ -192,6 +192,10 @@ pub unsafe fn run_loop<C, R>(n: u32, step: extern "C" fn(u64, *mut c_void) -> i6
 /// and an IPv4 header without options (the `USUAL` of `Packet::read_usual` for TCP and UDP).
 pub const USUAL_L4_OFF: usize = ethernet::ETH_HLEN + ipv4::MIN_HLEN;
 
+/// Where a TCP segment's payload starts in most frames: after `USUAL_L4_OFF` and a TCP header
+/// with the timestamps option (32 bytes), which Linux sends on every segment by default.
+pub const USUAL_PAYLOAD_OFF: usize = USUAL_L4_OFF + 32;
+
 /// Layer-3 facts every later stage needs.
 #[derive(Clone, Copy)]
 pub struct L3 {

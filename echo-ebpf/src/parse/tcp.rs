@@ -16,13 +16,13 @@ pub struct Tcp {
 }
 
 /// `l3_end` bounds the segment (IP length); a header or payload running past it or past the
-/// frame is malformed and yields `None`.
+/// frame (`frame_len`, `Packet::len`) is malformed and yields `None`.
 #[inline(always)]
-pub fn parse<P: Packet>(pkt: &P, off: usize, l3_end: usize) -> Option<Tcp> {
+pub fn parse<P: Packet>(pkt: &P, off: usize, l3_end: usize, frame_len: usize) -> Option<Tcp> {
     let h: [u8; MIN_HLEN] = pkt.read_usual::<_, USUAL_L4_OFF>(off)?;
     let hlen = ((h[12] >> 4) as usize) * 4;
     let payload_off = off + hlen;
-    if hlen < MIN_HLEN || payload_off > l3_end || l3_end > pkt.len() {
+    if hlen < MIN_HLEN || payload_off > l3_end || l3_end > frame_len {
         return None;
     }
     Some(Tcp {
