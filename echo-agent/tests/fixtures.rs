@@ -22,13 +22,24 @@ struct Expect {
     unsynced: u64,
 }
 
-/// Runs `frames` through a freshly loaded program; returns the TCP destination's counters
-/// (None when there is none) and the device's upload packet classes.
+/// Runs `frames` through freshly loaded programs, live's and replay's (which walk records
+/// with other code, see `echo_common::CLOCK_CAPTURE`), and checks that they agree but for
+/// the times; returns the TCP destination's counters (None when there is none) and the
+/// device's upload packet classes.
 fn run(frames: &[Vec<u8>]) -> (Option<DestStats>, [u64; PACKET_CLASSES]) {
-    let mut progs = Programs::load(&[], Clock::Monotonic).expect("load programs (root needed)");
+    let [live, replay] = [Clock::Monotonic, Clock::Capture].map(|clock| run_loaded(frames, clock));
+    let untimed = |(s, classes): &(Option<DestStats>, [u64; PACKET_CLASSES])| {
+        (s.map(|s| DestStats { first_seen_ns: 0, last_seen_ns: 0, ..s }), *classes)
+    };
+    assert_eq!(untimed(&live), untimed(&replay), "live and replay programs disagree");
+    live
+}
+
+fn run_loaded(frames: &[Vec<u8>], clock: Clock) -> (Option<DestStats>, [u64; PACKET_CLASSES]) {
+    let mut progs = Programs::load(&[], clock).expect("load programs (root needed)");
     progs.set_devices(&[Mac(DEVICE_MAC)]).unwrap();
-    for f in frames {
-        assert_eq!(testrun::run_one(&progs, f, 0, &[Mac(DEVICE_MAC)]).unwrap(), 2, "XDP_PASS, always");
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(testrun::run_one(&progs, f, 1 + i as u64, &[Mac(DEVICE_MAC)]).unwrap(), 2, "XDP_PASS, always");
     }
     let snap = counters::read(&progs.ebpf).unwrap();
     let tcp: Vec<_> = snap.dests.iter().filter(|(k, _)| k.proto == 6).collect();

@@ -37,7 +37,9 @@ pub const CLOCK_KERNEL: u64 = 0;
 /// programs take as "now". An XDP frame carries it in `CAPTURE_TIME_META_LEN` bytes of XDP
 /// metadata right before the frame; a TC frame in `__sk_buff.cb[0]` (low half) and `cb[1]`
 /// (high half), at `SKB_CB_OFF`. No map update per frame, so replay costs one syscall a frame
-/// and several threads may replay at once, each frame with its own time.
+/// and several threads may replay at once, each frame with its own time. The programs then
+/// also walk every TLS record through `bpf_loop`, none in line: the same counts, verified in
+/// half the time (`echo-ebpf/src/tls_records.rs`, `walk_new`).
 pub const CLOCK_CAPTURE: u64 = 1;
 /// Bytes of XDP metadata that carry a replayed frame's capture time (little-endian `u64`).
 pub const CAPTURE_TIME_META_LEN: usize = 8;

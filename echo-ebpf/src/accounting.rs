@@ -314,13 +314,22 @@ fn coarse_now_ns<P: Packet>(pkt: &P) -> u64 {
 #[unsafe(no_mangle)]
 static CLOCK: Global<u64> = Global::new(CLOCK_KERNEL);
 
+/// Whether the programs were loaded for replay (`CLOCK_CAPTURE`). The verifier knows, and
+/// drops the code of the other mode: the other clock's, the record walker's in-line steps.
+#[inline(always)]
+pub fn replaying() -> bool {
+    CLOCK.load() == CLOCK_CAPTURE
+}
+
 #[inline(always)]
 fn clock_ns<P: Packet, const COARSE: bool>(pkt: &P) -> u64 {
-    match CLOCK.load() {
-        CLOCK_CAPTURE => pkt.capture_time_ns(),
+    if replaying() {
+        pkt.capture_time_ns()
+    } else if COARSE {
         // SAFETY: helpers without preconditions.
-        _ if COARSE => unsafe { bpf_ktime_get_coarse_ns() },
-        _ => unsafe { bpf_ktime_get_ns() },
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        unsafe { bpf_ktime_get_ns() }
     }
 }
 
