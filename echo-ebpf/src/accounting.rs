@@ -36,7 +36,7 @@ pub fn account<P: Packet>(pkt: &P) {
     if device == NO_DEVICE && !markers {
         return;
     }
-    let l3 = parse_l3(pkt);
+    let mut l3 = parse_l3(pkt);
     if markers {
         if let Some(l3) = &l3 {
             markers::check(pkt, l3, direction);
@@ -45,8 +45,14 @@ pub fn account<P: Packet>(pkt: &P) {
     if device == NO_DEVICE {
         return;
     }
-    let class = match &l3 {
-        Some(l3) => account_ip(pkt, l3, device, direction),
+    let class = match &mut l3 {
+        Some(l3) => {
+            // Replay: one verifier state for every parse path from here on.
+            if replaying() {
+                launder_l3(l3);
+            }
+            account_ip(pkt, l3, device, direction)
+        }
         None => PacketClass::Other,
     };
     count_class(device, direction, class);
@@ -94,14 +100,6 @@ fn parse_l3<P: Packet>(pkt: &P) -> Option<L3> {
 
 #[inline(always)]
 fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> PacketClass {
-    // Replay: one verifier state for every parse path from here on (see `launder_l3`).
-    let laundered;
-    let l3 = if replaying() {
-        laundered = launder_l3(l3);
-        &laundered
-    } else {
-        l3
-    };
     let upload = direction == DIR_UPLOAD;
     let now = coarse_now_ns(pkt);
     // Read once: at XDP the length is a helper call (~20 ns here, see BENCHMARKS.md).
@@ -238,11 +236,11 @@ fn flow_state(key: &FlowKey, seq: u32) -> Option<&'static mut FlowState> {
 }
 
 /// A new destination's counters, all zero, in .rodata. Inserting from here rather than
-/// from a `DestStats::default()` on the stack saves 104 bytes of the 512-byte stack and,
-/// as measured, more than half the verification: echo_xdp 180k -> 76k instructions,
-/// echo_tc 147k -> 61k (replay 67k -> 59k). Most likely because those slots were written
-/// on the insert branch only, and the verifier tracks zeroed slots apart, so the states
-/// with and without an insert no longer prune each other. Per packet: no change (A/B).
+/// from a `DestStats::default()` on the stack saves 56 bytes of the 512-byte stack and
+/// part of the verification: echo_xdp 178k -> 144k instructions, echo_tc 141k -> 116k
+/// (replay 67k -> 59k), most likely because those slots were written on the insert branch
+/// only, so the states with and without an insert pruned each other less. Per packet: no
+/// change (A/B).
 // SAFETY: DestStats is plain integers (echo-common, repr(C)); all-zero is a valid value.
 static ZERO_STATS: DestStats = unsafe { core::mem::zeroed() };
 
@@ -372,34 +370,29 @@ pub fn forget(v: [u32; 3]) -> [u32; 3] {
     }
 }
 
-/// `l3` with its family and addresses passed through the per-CPU scratch slot (see
-/// [`forget`]). IPv4's family and its twelve zero address bytes are constants to the
-/// verifier, IPv6's are not, so without this every parse path (IPv4, IPv6, VLAN, each
-/// extension header) is verified on through the accounting separately; with it they
-/// converge into one state. Replay only (`replaying()`): the nine round trips cost the
-/// live per-packet path time it does not need, while replay loads its programs once per
-/// run and pays for their verification every time (BPF_PROG_LOAD, BENCHMARKS.md).
-#[inline(always)]
-fn launder_l3(l3: &L3) -> L3 {
-    let mut out = *l3;
-    let Some(p) = SCRATCH.get_ptr_mut(0) else { return out };
-    let mut words = [0u32; 9];
-    for i in 0..4 {
-        words[i] = u32::from_ne_bytes([l3.src[4 * i], l3.src[4 * i + 1], l3.src[4 * i + 2], l3.src[4 * i + 3]]);
-        words[4 + i] = u32::from_ne_bytes([l3.dst[4 * i], l3.dst[4 * i + 1], l3.dst[4 * i + 2], l3.dst[4 * i + 3]]);
-    }
-    words[8] = l3.family as u32;
-    for w in words.iter_mut() {
+/// Passes `l3`'s family and addresses through the per-CPU scratch slot (see [`forget`]).
+/// IPv4's family and its twelve zero address bytes are constants to the verifier, IPv6's
+/// are not, so without this every parse path (IPv4, IPv6, VLAN, each extension header) is
+/// verified on through the accounting separately. Replay only (`replaying()`): its programs
+/// are verified on every run, the live ones once (replay verification 59k/58k -> 48k/31k
+/// instructions, BENCHMARKS.md). In place and out of line: the main frame has no room for
+/// a second `L3` or for these temporaries (512-byte stack limit); and a second `L3` chosen
+/// by pointer, tried first, cost the live path ~12 ns per one-record segment (A/B).
+#[inline(never)]
+fn launder_l3(l3: &mut L3) {
+    let Some(p) = SCRATCH.get_ptr_mut(0) else { return };
+    let round_trip = |w: u32| -> u32 {
         // SAFETY: as in `forget`: per-CPU value, this CPU only, volatile round trip.
         unsafe {
-            core::ptr::write_volatile(p, [*w, 0, 0, 0]);
-            *w = core::ptr::read_volatile(p)[0];
+            core::ptr::write_volatile(p, [w, 0, 0, 0]);
+            core::ptr::read_volatile(p)[0]
+        }
+    };
+    for a in [&mut l3.src, &mut l3.dst] {
+        for w in a.chunks_exact_mut(4) {
+            let v = round_trip(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+            w.copy_from_slice(&v.to_ne_bytes());
         }
     }
-    for i in 0..4 {
-        out.src[4 * i..4 * i + 4].copy_from_slice(&words[i].to_ne_bytes());
-        out.dst[4 * i..4 * i + 4].copy_from_slice(&words[4 + i].to_ne_bytes());
-    }
-    out.family = words[8] as u8;
-    out
+    l3.family = round_trip(l3.family as u32) as u8;
 }
