@@ -370,7 +370,7 @@ pub fn forget(v: [u32; 3]) -> [u32; 3] {
     }
 }
 
-/// Passes `l3`'s family and addresses through the per-CPU scratch slot (see [`forget`]).
+/// Passes `l3`'s family and addresses through [`forget`], three words at a time.
 /// IPv4's family and its twelve zero address bytes are constants to the verifier, IPv6's
 /// are not, so without this every parse path (IPv4, IPv6, VLAN, each extension header) is
 /// verified on through the accounting separately. Replay only (`replaying()`): its programs
@@ -380,19 +380,18 @@ pub fn forget(v: [u32; 3]) -> [u32; 3] {
 /// by pointer, tried first, cost the live path ~12 ns per one-record segment (A/B).
 #[inline(never)]
 fn launder_l3(l3: &mut L3) {
-    let Some(p) = SCRATCH.get_ptr_mut(0) else { return };
-    let round_trip = |w: u32| -> u32 {
-        // SAFETY: as in `forget`: per-CPU value, this CPU only, volatile round trip.
-        unsafe {
-            core::ptr::write_volatile(p, [w, 0, 0, 0]);
-            core::ptr::read_volatile(p)[0]
-        }
-    };
-    for a in [&mut l3.src, &mut l3.dst] {
-        for w in a.chunks_exact_mut(4) {
-            let v = round_trip(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
-            w.copy_from_slice(&v.to_ne_bytes());
-        }
+    let mut w = [0u32; 9];
+    for i in 0..4 {
+        w[i] = u32::from_ne_bytes([l3.src[4 * i], l3.src[4 * i + 1], l3.src[4 * i + 2], l3.src[4 * i + 3]]);
+        w[4 + i] = u32::from_ne_bytes([l3.dst[4 * i], l3.dst[4 * i + 1], l3.dst[4 * i + 2], l3.dst[4 * i + 3]]);
     }
-    l3.family = round_trip(l3.family as u32) as u8;
+    w[8] = l3.family as u32;
+    for c in w.chunks_exact_mut(3) {
+        c.copy_from_slice(&forget([c[0], c[1], c[2]]));
+    }
+    for i in 0..4 {
+        l3.src[4 * i..4 * i + 4].copy_from_slice(&w[i].to_ne_bytes());
+        l3.dst[4 * i..4 * i + 4].copy_from_slice(&w[4 + i].to_ne_bytes());
+    }
+    l3.family = w[8] as u8;
 }

@@ -39,7 +39,7 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(offline::PEAK_RSS_ARG) {
         std::process::exit(offline::launch(&args[2..]));
     }
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = args.iter().any(|a| a == "--quick");
     // ECHO_BENCH_ONLY=kernel|offline|live path|agent cost runs one section.
     let mut scale = if quick { Scale { quick, rounds: 3, packets: 100_000 } } else { Scale { quick, rounds: 5, packets: 1_000_000 } };
     // ECHO_BENCH_ROUNDS=R,PACKETS overrides the size (for A/B runs of one section).

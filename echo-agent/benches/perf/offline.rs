@@ -70,7 +70,7 @@ const PEAK_RSS_PREFIX: &str = "peak-rss-kib ";
 
 /// Wall seconds and peak RSS (MiB) of `program args`, and its standard output. The program
 /// runs under this binary's launcher mode (`launch`, see there why); the launcher's own
-/// start-up (~1 ms) is in the wall time of both tools.
+/// start-up (1.4 ms more than a direct spawn) is in the wall time of both tools.
 fn measure(program: &str, args: &[&str]) -> Result<(f64, f64, String)> {
     let t = Instant::now();
     let out = Command::new(std::env::current_exe()?).arg(PEAK_RSS_ARG).arg(program).args(args).stdin(Stdio::null()).output()?;
