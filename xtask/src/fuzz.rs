@@ -18,21 +18,6 @@ pub const TARGETS: &[&str] = &["sni", "dns", "capture", "log", "flags", "api", "
 /// Seconds each target runs in `cargo xtask test`.
 pub const TEST_SECONDS: u64 = 10;
 
-fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    // Legacy pcap header: magic, version 2.4, zone, sigfigs, snaplen, Ethernet.
-    for v in [0xa1b2_c3d4u32.to_le_bytes(), [2, 0, 4, 0], [0; 4], [0; 4], 65_535u32.to_le_bytes(), 1u32.to_le_bytes()] {
-        out.extend(v);
-    }
-    for (i, f) in frames.iter().enumerate() {
-        for v in [(1_700_000_000 + i as u32).to_le_bytes(), 0u32.to_le_bytes(), (f.len() as u32).to_le_bytes(), (f.len() as u32).to_le_bytes()] {
-            out.extend(v);
-        }
-        out.extend(f);
-    }
-    out
-}
-
 /// Seed inputs per target.
 fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
     let zone = echo_sim::zone(crate::netns::server_v4(0));
@@ -44,7 +29,7 @@ fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
             let mut syn = packets::TcpFrame::upload_v4(1000, packets::SYN, Vec::new());
             syn.vlans = vec![(0x8100, 7)];
             let data = packets::TcpFrame::upload_v4(1001, packets::PSH | packets::ACK, hello).build();
-            vec![pcap(&[syn.build(), data])]
+            vec![packets::pcap(&[syn.build(), data])]
         }
         "log" => vec![
             br#"{"type":"muted","device":"echo","muted":true,"at":1700000000.5}"#.to_vec(),

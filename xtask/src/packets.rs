@@ -152,3 +152,19 @@ pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         x
     }
 }
+
+/// A legacy pcap file (link type Ethernet) of `frames`, one second apart from 1,700,000,000.
+pub fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Magic, version 2.4, zone, sigfigs, snaplen, link type.
+    for v in [0xa1b2_c3d4u32.to_le_bytes(), [2, 0, 4, 0], [0; 4], [0; 4], 65_535u32.to_le_bytes(), 1u32.to_le_bytes()] {
+        out.extend(v);
+    }
+    for (i, f) in frames.iter().enumerate() {
+        for v in [(1_700_000_000 + i as u32).to_le_bytes(), 0u32.to_le_bytes(), (f.len() as u32).to_le_bytes(), (f.len() as u32).to_le_bytes()] {
+            out.extend(v);
+        }
+        out.extend(f);
+    }
+    out
+}
