@@ -123,7 +123,22 @@ impl TableSizes {
     pub const FULL: Self = Self { flows: FLOW_TABLE_ENTRIES, destinations: DEST_STATS_ENTRIES };
 }
 
-/// The loaded object with both programs loaded into the kernel (not attached).
+fn program_err(name: &'static str, e: ProgramError) -> LoadError {
+    if is_eperm(&e) { LoadError::Privileges } else { LoadError::Program(name, e) }
+}
+
+/// Loads echo_xdp (from `Programs::programs_mut`) into the kernel.
+pub fn load_xdp(xdp: &mut Xdp) -> Result<(), LoadError> {
+    xdp.load().map_err(|e| program_err(XDP_PROGRAM, e))
+}
+
+/// Loads echo_tc (from `Programs::programs_mut`) into the kernel.
+pub fn load_tc(tc: &mut SchedClassifier) -> Result<(), LoadError> {
+    tc.load().map_err(|e| program_err(TC_PROGRAM, e))
+}
+
+/// The loaded object with both programs loaded into the kernel (not attached), or (from
+/// `Programs::open`) its maps only, the programs still to load.
 pub struct Programs {
     pub ebpf: Ebpf,
     /// The clock the programs take "now" from, fixed at load time (`GLOBAL_CLOCK`):
@@ -140,9 +155,18 @@ impl Programs {
 
     /// As `load`, with the LRU tables at `sizes` (replay starts small, see `replay`).
     pub fn load_sized(markers: &[MarkerKey], clock: Clock, sizes: TableSizes) -> Result<Self, LoadError> {
+        let mut programs = Self::open(markers, clock, sizes)?;
+        programs.load_programs()?;
+        Ok(programs)
+    }
+
+    /// As `load_sized`, but only creates and fills the maps: the programs are loaded later by
+    /// `load_programs`, or by `testrun::run_capture`, which runs frames through echo_tc while
+    /// echo_xdp is still being verified.
+    pub fn open(markers: &[MarkerKey], clock: Clock, sizes: TableSizes) -> Result<Self, LoadError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_FLOWS, sizes.flows).map_max_entries(MAP_DEST_STATS, sizes.destinations);
-        Self::load_with(&mut loader, markers, clock)
+        Self::open_with(&mut loader, markers, clock)
     }
 
     /// Loads reusing the maps pinned in `dir` when their layout matches, pinning fresh ones
@@ -157,45 +181,52 @@ impl Programs {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        Ok((Self::load_with(&mut loader, markers, Clock::Monotonic)?, notes))
+        let mut programs = Self::open_with(&mut loader, markers, Clock::Monotonic)?;
+        programs.load_programs()?;
+        Ok((programs, notes))
     }
 
     /// The clock and whether there are markers are fixed at load time (`GLOBAL_CLOCK`,
     /// `GLOBAL_MARKERS_ENABLED`), so the verifier drops the other clock's code, and the marker
-    /// check from a program without markers; the addresses go into `MARKERS` once the object
-    /// is loaded.
-    fn load_with(loader: &mut EbpfLoader, markers: &[MarkerKey], clock: Clock) -> Result<Self, LoadError> {
+    /// check from a program without markers; the addresses go into `MARKERS` once the maps
+    /// exist.
+    fn open_with(loader: &mut EbpfLoader, markers: &[MarkerKey], clock: Clock) -> Result<Self, LoadError> {
         if markers.len() > MAX_MARKERS as usize {
             return Err(LoadError::TooManyMarkers(markers.len()));
         }
-        let privileges = |e: &(dyn std::error::Error + 'static)| is_eperm(e);
         let enabled = if markers.is_empty() { &0u32 } else { &1u32 };
-        let mut ebpf = loader
+        let ebpf = loader
             .override_global(GLOBAL_MARKERS_ENABLED, enabled, true)
             .override_global(GLOBAL_CLOCK, if clock == Clock::Capture { &CLOCK_CAPTURE } else { &CLOCK_KERNEL }, true)
             .load(OBJECT)
-            .map_err(|e| if privileges(&e) { LoadError::Privileges } else { LoadError::Object(e) })?;
-        let program_err = |name, e: ProgramError| if privileges(&e) { LoadError::Privileges } else { LoadError::Program(name, e) };
-        // Both programs at once: verifying each takes ~0.09 s of one core, most of a replay's
-        // start-up.
+            .map_err(|e| if is_eperm(&e) { LoadError::Privileges } else { LoadError::Object(e) })?;
+        let mut programs = Programs { ebpf, clock };
+        programs.fill_markers(markers)?;
+        Ok(programs)
+    }
+
+    /// Loads both programs into the kernel, at once: verifying each takes ~0.04-0.1 s of one
+    /// core, most of a replay's start-up.
+    pub fn load_programs(&mut self) -> Result<(), LoadError> {
+        let (xdp, tc) = self.programs_mut();
+        let (xdp, tc) = std::thread::scope(|s| {
+            let tc = s.spawn(|| load_tc(tc));
+            (load_xdp(xdp), tc.join().expect("loading does not panic"))
+        });
+        xdp.and(tc)
+    }
+
+    /// Both programs, to load or run them from different threads.
+    pub fn programs_mut(&mut self) -> (&mut Xdp, &mut SchedClassifier) {
         let (mut xdp, mut tc) = (None, None);
-        for (name, program) in ebpf.programs_mut() {
+        for (name, program) in self.ebpf.programs_mut() {
             match name {
                 XDP_PROGRAM => xdp = Some(<&mut Xdp>::try_from(program).expect("echo_xdp is XDP")),
                 TC_PROGRAM => tc = Some(<&mut SchedClassifier>::try_from(program).expect("echo_tc is a classifier")),
                 _ => {}
             }
         }
-        let (xdp, tc) = (xdp.expect("the object defines echo_xdp"), tc.expect("the object defines echo_tc"));
-        let (xdp, tc) = std::thread::scope(|s| {
-            let tc = s.spawn(|| tc.load());
-            (xdp.load(), tc.join().expect("loading does not panic"))
-        });
-        xdp.map_err(|e| program_err(XDP_PROGRAM, e))?;
-        tc.map_err(|e| program_err(TC_PROGRAM, e))?;
-        let mut programs = Programs { ebpf, clock };
-        programs.fill_markers(markers)?;
-        Ok(programs)
+        (xdp.expect("the object defines echo_xdp"), tc.expect("the object defines echo_tc"))
     }
 
     pub fn xdp(&self) -> &Xdp {

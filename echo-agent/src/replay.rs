@@ -202,7 +202,8 @@ pub const FIRST_SIZES: TableSizes = TableSizes { flows: 4_096, destinations: 1_0
 pub fn replay(path: &Path, devices: &[Mac], config: &Config) -> Result<Report> {
     let keys: Vec<_> = config.markers.iter().map(|m| m.key()).collect();
     let run_with = |sizes| -> Result<(testrun::Run, counters::Snapshot)> {
-        let mut progs = Programs::load_sized(&keys, Clock::Capture, sizes)?;
+        // The maps only: `run_capture` loads the programs while it runs the first frames.
+        let mut progs = Programs::open(&keys, Clock::Capture, sizes)?;
         progs.set_devices(devices)?;
         let run = testrun::run_capture(&mut progs, path, devices)?;
         Ok((run, counters::read(&progs.ebpf)?))
