@@ -40,7 +40,8 @@ fn main() {
         std::process::exit(offline::launch(&args[2..]));
     }
     let quick = args.iter().any(|a| a == "--quick");
-    // ECHO_BENCH_ONLY=kernel|offline|live path|agent cost runs one section.
+    // ECHO_BENCH_ONLY=kernel|offline|live path|agent cost runs one section (a comma-separated
+    // list: those).
     let mut scale = if quick { Scale { quick, rounds: 3, packets: 100_000 } } else { Scale { quick, rounds: 5, packets: 1_000_000 } };
     // ECHO_BENCH_ROUNDS=R,PACKETS overrides the size (for A/B runs of one section).
     if let Some((r, p)) = std::env::var("ECHO_BENCH_ROUNDS").ok().and_then(|v| v.split_once(',').and_then(|(r, p)| Some((r.parse().ok()?, p.parse().ok()?)))) {
@@ -63,7 +64,7 @@ fn main() {
         ("live path", live_path::run),
         ("agent cost", agent_cost::run),
     ] {
-        if std::env::var("ECHO_BENCH_ONLY").is_ok_and(|only| only != name) {
+        if std::env::var("ECHO_BENCH_ONLY").is_ok_and(|only| !only.split(',').any(|o| o == name)) {
             continue;
         }
         eprintln!("bench: {name}…");
