@@ -198,13 +198,18 @@ fn complete_header<P: Packet, const FIRST: bool>(w: &Walker, pkt: &P, off: usize
 pub struct Lost {
     /// Sequence number of the implausible header (or of the first byte not walked).
     pub at: u32,
-    /// Headers parsed before.
-    pub headers: u32,
+    /// Whether a header was parsed before.
+    pub parsed: bool,
 }
 
 /// State of one walk, on the stack of the caller of `bpf_loop` and handed to `walk_step`.
 /// Loops run through `bpf_loop` so that the verifier checks one step, not every iteration:
-/// its scalars (positions) stay imprecise and the callback's states converge at once.
+/// its scalars (positions) stay imprecise and the callback's states converge at once. So no
+/// field may count steps: a count starts at a constant and stays one, each step's state
+/// differs from the last, and the verifier walks the loop step by step. Without CAP_PERFMON
+/// (kernel 6.18.44-fc-v1272) a count of headers here made it refuse both programs after ~950
+/// steps ("the sequence of 8193 jumps is too complex"); whether a walk parsed a header is
+/// told by the walker's `next_hdr` instead (see `walk`).
 #[repr(C)]
 struct WalkCtx<P: Packet> {
     pkt: P,
@@ -214,12 +219,11 @@ struct WalkCtx<P: Packet> {
     payload_off: u32,
     pos: u32,
     end: u32,
-    headers: u32,
     /// 1: reached `end`; 2: lost sync at `pos`; 0: ran out of steps.
     outcome: u32,
     new_app: u8,
     new_handshake: u8,
-    _pad: [u8; 6],
+    _pad: [u8; 2],
 }
 
 const WALK_RUNNING: u32 = 0;
@@ -227,38 +231,43 @@ const WALK_DONE: u32 = 1;
 const WALK_LOST: u32 = 2;
 
 /// Walks the bytes `[pos, end)` of `seg` with walker `w`, counting record payload bytes as
-/// they pass and records as their headers complete. Returns the headers parsed, or where the
-/// walker lost sync (it is then unsynced; the caller decides what the rest of the bytes are).
-/// The first `INLINE` steps are taken in line (see `INLINE_STEPS`).
+/// they pass and records as their headers complete. Returns whether a header was parsed, or
+/// where the walker lost sync (it is then unsynced; the caller decides what the rest of the
+/// bytes are). The first `INLINE` steps are taken in line (see `INLINE_STEPS`).
 #[inline(always)]
-fn walk<P: Packet, const INLINE: u32>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u32, t: &mut Tally) -> Result<u32, Lost> {
-    let (mut pos, mut headers, mut outcome) = (pos, 0, WALK_RUNNING);
+fn walk<P: Packet, const INLINE: u32>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u32, t: &mut Tally) -> Result<bool, Lost> {
+    // Each header parsed moves `next_hdr` on by 5 bytes or more, and a walk passes less than
+    // 2^32 bytes: it moved iff the walk parsed a header.
+    let first_hdr = w.next_hdr;
+    let (mut pos, mut outcome, mut taken) = (pos, WALK_RUNNING, 0);
     for i in 0..INLINE {
         let stop = if i == 0 {
-            step::<P, true>(w, pkt, seg, &mut pos, end, t, &mut headers, &mut outcome)
+            step::<P, true>(w, pkt, seg, &mut pos, end, t, &mut outcome)
         } else {
-            step::<P, false>(w, pkt, seg, &mut pos, end, t, &mut headers, &mut outcome)
+            step::<P, false>(w, pkt, seg, &mut pos, end, t, &mut outcome)
         };
         if stop {
             break;
         }
+        taken += 1;
     }
-    let (headers, outcome, at) = if outcome == WALK_RUNNING { walk_loop(w, pkt, seg, pos, end, headers, t) } else { (headers, outcome, pos) };
+    let (outcome, at) = if outcome == WALK_RUNNING { walk_loop(w, pkt, seg, pos, end, taken, t) } else { (outcome, pos) };
+    let parsed = w.next_hdr != first_hdr;
     match outcome {
-        WALK_DONE => Ok(headers),
+        WALK_DONE => Ok(parsed),
         _ => {
             // Lost sync, or more records than one walk may pass: give up on the rest.
             w.synced = 0;
             w.hdr_have = 0;
-            Err(Lost { at, headers })
+            Err(Lost { at, parsed })
         }
     }
 }
 
-/// The steps of a walk after the first `headers` (all in line, each parsing a header),
-/// through `bpf_loop`: returns the headers parsed, the outcome and where the walk stopped.
+/// The steps of a walk after the first `taken` (in line, each of which parsed a header),
+/// through `bpf_loop`: returns the outcome and where the walk stopped.
 #[inline(always)]
-fn walk_loop<P: Packet>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u32, headers: u32, t: &mut Tally) -> (u32, u32, u32) {
+fn walk_loop<P: Packet>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u32, taken: u32, t: &mut Tally) -> (u32, u32) {
     let mut c = WalkCtx {
         pkt: *pkt,
         w: w as *mut Walker,
@@ -267,18 +276,17 @@ fn walk_loop<P: Packet>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u
         payload_off: seg.payload_off as u32,
         pos,
         end,
-        headers,
         outcome: WALK_RUNNING,
         new_app: 0,
         new_handshake: 0,
-        _pad: [0; 6],
+        _pad: [0; 2],
     };
     // SAFETY: `walk_step::<P>` reads its context as a WalkCtx<P>.
-    let (new_app, new_handshake, outcome, headers, at) =
-        unsafe { run_loop(MAX_WALK_STEPS - headers.min(MAX_WALK_STEPS), walk_step::<P>, &mut c, |c| (c.new_app, c.new_handshake, c.outcome, c.headers, c.pos)) };
+    let (new_app, new_handshake, outcome, at) =
+        unsafe { run_loop(MAX_WALK_STEPS - taken.min(MAX_WALK_STEPS), walk_step::<P>, &mut c, |c| (c.new_app, c.new_handshake, c.outcome, c.pos)) };
     t.new_app |= new_app != 0;
     t.new_handshake |= new_handshake != 0;
-    (headers, outcome, at)
+    (outcome, at)
 }
 
 /// One step of a walk: the payload up to the next header, then that header.
@@ -291,7 +299,7 @@ extern "C" fn walk_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
     let stats = unsafe { &mut *c.stats };
     let seg = Segment { seq: c.seg_seq, len: c.end.wrapping_sub(c.seg_seq), payload_off: c.payload_off as usize };
     let mut t = Tally { stats, new_app: false, new_handshake: false, retransmitted: 0 };
-    let stop = step::<P, false>(w, &c.pkt, &seg, &mut c.pos, c.end, &mut t, &mut c.headers, &mut c.outcome);
+    let stop = step::<P, false>(w, &c.pkt, &seg, &mut c.pos, c.end, &mut t, &mut c.outcome);
     c.new_app |= t.new_app as u8;
     c.new_handshake |= t.new_handshake as u8;
     stop as i64
@@ -300,7 +308,6 @@ extern "C" fn walk_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
 /// One step of a walk; `FIRST` for a walk's first, the only one whose header can lie at the
 /// start of the segment's payload (see `complete_header`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn step<P: Packet, const FIRST: bool>(
     w: &mut Walker,
     pkt: &P,
@@ -308,7 +315,6 @@ fn step<P: Packet, const FIRST: bool>(
     pos: &mut u32,
     end: u32,
     t: &mut Tally,
-    headers: &mut u32,
     outcome: &mut u32,
 ) -> bool {
     // Payload of the record in progress.
@@ -351,7 +357,6 @@ fn step<P: Packet, const FIRST: bool>(
     };
     let len = u16::from_be_bytes([h[3], h[4]]) as u32;
     t.record(h[0]);
-    *headers += 1;
     w.cur_type = h[0];
     w.next_hdr = w.next_hdr.wrapping_add(HEADER_LEN + len);
     w.hdr_have = 0;
@@ -495,16 +500,16 @@ fn walk_new<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, pos: u32, end:
     } else {
         walk::<P, INLINE_STEPS>(&mut f.main, pkt, seg, pos, end, t)
     };
-    let (headers, lost) = match walked {
-        Ok(headers) => (headers, None),
-        Err(Lost { at, headers }) => (headers, Some(at)),
+    let (parsed, lost) = match walked {
+        Ok(parsed) => (parsed, None),
+        Err(Lost { at, parsed }) => (parsed, Some(at)),
     };
     let at_start = f.flags & FLOW_STREAM_START != 0;
-    if headers > 0 {
+    if parsed {
         f.flags &= !FLOW_STREAM_START;
     }
     if let Some(at) = lost {
-        if at_start && headers == 0 {
+        if at_start && !parsed {
             // The stream did not start with a record: not TLS.
             f.flags = (f.flags & !FLOW_STREAM_START) | FLOW_NOT_TLS;
         } else {
