@@ -32,8 +32,14 @@ pub enum LoadError {
     Privileges,
     #[error("the kernel refused the eBPF object")]
     Object(#[source] EbpfError),
-    #[error("the kernel refused program {0}")]
-    Program(&'static str, #[source] ProgramError),
+    #[error("the kernel refused program {name}{}", .verdict.as_deref().map(|v| format!(" ({v})")).unwrap_or_default())]
+    Program {
+        name: &'static str,
+        /// The verifier's last word (`verifier_verdict`).
+        verdict: Option<String>,
+        #[source]
+        source: ProgramError,
+    },
     #[error("map {0}")]
     Map(&'static str, #[source] MapError),
     #[error("at most {MAX_DEVICES} devices can be monitored, {0} given")]
@@ -124,7 +130,22 @@ impl TableSizes {
 }
 
 fn program_err(name: &'static str, e: ProgramError) -> LoadError {
-    if is_eperm(&e) { LoadError::Privileges } else { LoadError::Program(name, e) }
+    if is_eperm(&e) {
+        return LoadError::Privileges;
+    }
+    let verdict = match &e {
+        ProgramError::LoadError { verifier_log, .. } => verifier_verdict(&verifier_log.to_string()).map(str::to_string),
+        _ => None,
+    };
+    LoadError::Program { name, verdict, source: e }
+}
+
+/// The verifier's last word in its log: the last line before its statistics. The error's
+/// own text starts with the log's first line, which says nothing when the log is long (a
+/// program refused as too complex has millions of lines, and the kernel keeps their end).
+pub fn verifier_verdict(log: &str) -> Option<&str> {
+    const STATS: [&str; 3] = ["verification time ", "stack depth ", "processed "];
+    log.lines().map(str::trim).rev().find(|l| !l.is_empty() && !STATS.iter().any(|s| l.starts_with(s)))
 }
 
 /// Loads echo_xdp (from `Programs::programs_mut`) into the kernel.
@@ -312,5 +333,25 @@ impl Programs {
     /// Instructions the verifier processed when loading the TC program.
     pub fn tc_verified_insns(&self) -> Option<u32> {
         self.tc().info().ok().and_then(|i| i.verified_instruction_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verifier_verdict;
+
+    #[test]
+    fn the_verdict_is_the_last_line_before_the_statistics() {
+        // The end of the log the kernel (6.18.44-fc-v1272) kept when it refused echo_xdp
+        // loaded without CAP_PERFMON: 16 MiB of it, starting mid-line.
+        let refused = "ls_records.rs:355\n4353: (73) *(u8 *)(r8 +4) = r1\n3700: (55) if r1 != 0x0 goto pc+1\n\
+            The sequence of 8193 jumps is too complex.\nverification time 2867582 usec\nstack depth 352+0+0+16+80\n\
+            processed 423762 insns (limit 1000000) max_states_per_insn 69 total_states 9785 peak_states 6670 mark_read 0\n";
+        assert_eq!(verifier_verdict(refused), Some("The sequence of 8193 jumps is too complex."));
+        let short = "0: R1=ctx() R10=fp0\n0: (79) r0 = *(u64 *)(r1 +512)\ninvalid bpf_context access off=512 size=8\n\
+            processed 1 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n\n";
+        assert_eq!(verifier_verdict(short), Some("invalid bpf_context access off=512 size=8"));
+        assert_eq!(verifier_verdict(""), None);
+        assert_eq!(verifier_verdict("processed 0 insns\n"), None);
     }
 }
