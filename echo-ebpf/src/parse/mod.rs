@@ -9,7 +9,9 @@ pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 
-use echo_common::CAPTURE_TIME_META_LEN;
+use echo_common::{DestStats, Walker, CAPTURE_TIME_META_LEN};
+
+use crate::tls_records;
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
@@ -67,6 +69,25 @@ pub trait Packet: Copy {
     /// The capture time a replayed frame carries (see `echo_common::CLOCK_CAPTURE`); 0 when
     /// it carries none. Only meaningful in replay.
     fn capture_time_ns(&self) -> u64;
+    /// `tls_records::walk_loop_global` through this hook's global function
+    /// (`echo_walk_loop_xdp`, `echo_walk_loop_tc`): the verifier checks a global function
+    /// once, on its own, with nothing known of its arguments, and with it the loop's
+    /// callback, instead of once for each state of the caller that reaches the call.
+    fn walk_loop(&self, w: *mut Walker, stats: *mut DestStats, seg_at: u64, span: u64) -> u64;
+}
+
+/// echo_xdp's record walk loop, a global function (see `Packet::walk_loop`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn echo_walk_loop_xdp(ctx: *mut xdp_md, w: *mut Walker, stats: *mut DestStats, seg_at: u64, span: u64) -> u64 {
+    tls_records::walk_loop_global(&XdpPacket { ctx }, w, stats, seg_at, span)
+}
+
+/// echo_tc's record walk loop, a global function (see `Packet::walk_loop`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn echo_walk_loop_tc(skb: *mut __sk_buff, w: *mut Walker, stats: *mut DestStats, seg_at: u64, span: u64) -> u64 {
+    tls_records::walk_loop_global(&TcPacket { skb }, w, stats, seg_at, span)
 }
 
 /// The alignment a frame's first byte is known to have: drivers start frames at
@@ -131,6 +152,11 @@ impl Packet for XdpPacket {
         // SAFETY: bounds checked right above; the verifier checks it again.
         unsafe { (meta as *const u64).read_unaligned() }
     }
+
+    #[inline(always)]
+    fn walk_loop(&self, w: *mut Walker, stats: *mut DestStats, seg_at: u64, span: u64) -> u64 {
+        echo_walk_loop_xdp(self.ctx, w, stats, seg_at, span)
+    }
 }
 
 /// A socket buffer at TC. `bpf_skb_load_bytes` also reaches a GSO super-packet's payload,
@@ -161,6 +187,11 @@ impl Packet for TcPacket {
         // SAFETY: the context the kernel handed to the program; `cb` is readable at TC.
         let cb = unsafe { (*self.skb).cb };
         cb[0] as u64 | (cb[1] as u64) << 32
+    }
+
+    #[inline(always)]
+    fn walk_loop(&self, w: *mut Walker, stats: *mut DestStats, seg_at: u64, span: u64) -> u64 {
+        echo_walk_loop_tc(self.skb, w, stats, seg_at, span)
     }
 }
 
