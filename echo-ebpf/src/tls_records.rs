@@ -198,8 +198,6 @@ fn complete_header<P: Packet, const FIRST: bool>(w: &Walker, pkt: &P, off: usize
 pub struct Lost {
     /// Sequence number of the implausible header (or of the first byte not walked).
     pub at: u32,
-    /// Whether a header was parsed before.
-    pub parsed: bool,
 }
 
 /// State of one walk, on the stack of the caller of `bpf_loop` and handed to `walk_step`.
@@ -209,7 +207,7 @@ pub struct Lost {
 /// differs from the last, and the verifier walks the loop step by step. Without CAP_PERFMON
 /// (kernel 6.18.44-fc-v1272) a count of headers here made it refuse both programs after ~950
 /// steps ("the sequence of 8193 jumps is too complex"); whether a walk parsed a header is
-/// told by the walker's `next_hdr` instead (see `walk`).
+/// told by the walker's `next_hdr` instead (see `walk_new`).
 #[repr(C)]
 struct WalkCtx<P: Packet> {
     pkt: P,
@@ -231,14 +229,11 @@ const WALK_DONE: u32 = 1;
 const WALK_LOST: u32 = 2;
 
 /// Walks the bytes `[pos, end)` of `seg` with walker `w`, counting record payload bytes as
-/// they pass and records as their headers complete. Returns whether a header was parsed, or
-/// where the walker lost sync (it is then unsynced; the caller decides what the rest of the
-/// bytes are). The first `INLINE` steps are taken in line (see `INLINE_STEPS`).
+/// they pass and records as their headers complete. Returns where the walker lost sync, if
+/// it did (it is then unsynced; the caller decides what the rest of the bytes are). The
+/// first `INLINE` steps are taken in line (see `INLINE_STEPS`).
 #[inline(always)]
-fn walk<P: Packet, const INLINE: u32>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u32, t: &mut Tally) -> Result<bool, Lost> {
-    // Each header parsed moves `next_hdr` on by 5 bytes or more, and a walk passes less than
-    // 2^32 bytes: it moved iff the walk parsed a header.
-    let first_hdr = w.next_hdr;
+fn walk<P: Packet, const INLINE: u32>(w: &mut Walker, pkt: &P, seg: &Segment, pos: u32, end: u32, t: &mut Tally) -> Result<(), Lost> {
     let (mut pos, mut outcome, mut taken) = (pos, WALK_RUNNING, 0);
     for i in 0..INLINE {
         let stop = if i == 0 {
@@ -252,14 +247,13 @@ fn walk<P: Packet, const INLINE: u32>(w: &mut Walker, pkt: &P, seg: &Segment, po
         taken += 1;
     }
     let (outcome, at) = if outcome == WALK_RUNNING { walk_loop(w, pkt, seg, pos, end, taken, t) } else { (outcome, pos) };
-    let parsed = w.next_hdr != first_hdr;
     match outcome {
-        WALK_DONE => Ok(parsed),
+        WALK_DONE => Ok(()),
         _ => {
             // Lost sync, or more records than one walk may pass: give up on the rest.
             w.synced = 0;
             w.hdr_have = 0;
-            Err(Lost { at, parsed })
+            Err(Lost { at })
         }
     }
 }
@@ -525,20 +519,20 @@ fn walk_new<P: Packet>(f: &mut FlowState, pkt: &P, seg: &Segment, pos: u32, end:
     // programs verify in half the time (67k and 64k instructions instead of 180k and 147k;
     // verification is most of a replay's start-up), while a test run's ~2 µs syscall dwarfs
     // the loop's set-up. The verifier drops the other branch (see `replaying`).
+    // Each header parsed moves `next_hdr` on by 5 bytes or more, and a walk passes less than
+    // 2^32 bytes: it moved iff the walk parsed a header.
+    let first_hdr = f.main.next_hdr;
     let walked = if replaying() {
         walk::<P, 0>(&mut f.main, pkt, seg, pos, end, t)
     } else {
         walk::<P, INLINE_STEPS>(&mut f.main, pkt, seg, pos, end, t)
     };
-    let (parsed, lost) = match walked {
-        Ok(parsed) => (parsed, None),
-        Err(Lost { at, parsed }) => (parsed, Some(at)),
-    };
+    let parsed = f.main.next_hdr != first_hdr;
     let at_start = f.flags & FLOW_STREAM_START != 0;
     if parsed {
         f.flags &= !FLOW_STREAM_START;
     }
-    if let Some(at) = lost {
+    if let Err(Lost { at }) = walked {
         if at_start && !parsed {
             // The stream did not start with a record: not TLS.
             f.flags = (f.flags & !FLOW_STREAM_START) | FLOW_NOT_TLS;
