@@ -445,6 +445,57 @@ fn a_full_ring_buffer_counts_dropped_events_and_keeps_counters_exact() {
     assert_eq!((s.tls_app_bytes, s.tls_app_records, s.unsynced_bytes), ((SEGMENTS * PAYLOAD) as u64, SEGMENTS as u64, 0));
 }
 
+/// The reader is woken once a quarter of `EVENTS` is waiting, not per event: a CPU checks
+/// the fill level at every `EVENTS_FILL_CHECK_EVERY`-th event, so a reader asleep in poll
+/// stays asleep through 5,503 events (48 bytes each: the quarter, 262,144 bytes, is passed
+/// at the 5,462nd) and wakes at the 5,504th, the first check past the mark.
+#[test]
+fn the_reader_is_woken_at_the_first_fill_check_past_a_quarter_of_the_ring() {
+    use echo_common::{Event, EVENTS_FILL_CHECK_EVERY, EVENTS_WAKEUP_BYTES, MAP_EVENTS};
+    use std::{os::fd::AsRawFd, sync::mpsc, time::Duration};
+    let event = (8 + std::mem::size_of::<Event>()) as u64;
+    let past_mark = (EVENTS_WAKEUP_BYTES as u64).div_ceil(event);
+    let woken_at = past_mark.div_ceil(EVENTS_FILL_CHECK_EVERY) * EVENTS_FILL_CHECK_EVERY;
+    assert_eq!((past_mark, woken_at), (5_462, 5_504));
+    // One CPU counts every event: the fill is checked per CPU.
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+    let stream = tls_stream(&vec![(APP, 100); woken_at as usize]);
+    let cuts: Vec<usize> = (1..woken_at as usize).map(|i| i * 105).collect();
+    let frames = flow(&stream, &cuts, &[], plain);
+    let mut progs = Programs::load(&[], Clock::Monotonic).unwrap();
+    let devices = [Mac(DEVICE_MAC)];
+    progs.set_devices(&devices).unwrap();
+    let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(MAP_EVENTS).unwrap()).unwrap();
+    let fd = ring.as_raw_fd();
+    let (polling, woken) = (mpsc::channel(), mpsc::channel());
+    let poller = std::thread::spawn(move || {
+        polling.0.send(()).unwrap();
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; the ring outlives the thread (joined below).
+        let n = unsafe { libc::poll(&mut p, 1, 20_000) };
+        woken.0.send(n).unwrap();
+    });
+    polling.1.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The SYN carries no event; each segment one.
+    let (last, before) = frames.split_last().unwrap();
+    for f in before {
+        testrun::run_one(&progs, f, 0, &devices).unwrap();
+    }
+    assert_eq!(woken.1.recv_timeout(Duration::from_millis(500)), Err(mpsc::RecvTimeoutError::Timeout), "woken before the check");
+    testrun::run_one(&progs, last, 0, &devices).unwrap();
+    assert_eq!(woken.1.recv_timeout(Duration::from_secs(10)), Ok(1), "not woken at the check");
+    poller.join().unwrap();
+    let mut read = 0u64;
+    events::drain(&mut ring, |_| read += 1);
+    assert_eq!(read, woken_at);
+}
+
 /// The live clocks: a marker event carries CLOCK_MONOTONIC (markers milliseconds apart keep
 /// their order and gap), what every counted frame carries (an app-data event, a
 /// destination's first and last times) CLOCK_MONOTONIC_COARSE, for a seventh of the cost.

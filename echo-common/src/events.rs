@@ -13,6 +13,13 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 /// below it the reader finds events on its timer (`events::POLL_INTERVAL` in user space).
 pub const EVENTS_WAKEUP_BYTES: u32 = EVENTS_BYTES / 4;
 
+/// The programs check how full `EVENTS` is (for `EVENTS_WAKEUP_BYTES`) at every this many
+/// events of a CPU, not at each: the ring's positions sit on cache lines user space and the
+/// other CPUs write, so the check (`bpf_ringbuf_query`) on every event cost 9–15 ns of a
+/// one-record segment (A/B; BENCHMARKS.md). A CPU writes at most 63 events (3 KiB) past the
+/// mark before it wakes the reader.
+pub const EVENTS_FILL_CHECK_EVERY: u64 = 64;
+
 /// Most marker addresses. Bounds `MARKERS` and `MARKER_PINGS`.
 pub const MAX_MARKERS: u32 = 64;
 
@@ -88,6 +95,7 @@ const _: () = {
     assert!(size_of::<MarkerKey>() == 16 + 1 + 3);
     assert!(size_of::<MarkerInfo>() == 4);
     assert!(EVENTS_BYTES.is_power_of_two());
+    assert!(EVENTS_FILL_CHECK_EVERY.is_power_of_two());
 };
 
 #[cfg(feature = "user")]

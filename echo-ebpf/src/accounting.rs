@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use echo_common::{
     class_counter_index, device_home_slot, mac_word_of_u16s, DestKey, DestStats, DeviceSlot, Event, FlowKey, FlowState,
-    PacketClass, CLOCK_CAPTURE, CLOCK_KERNEL, DEVICE_SLOTS, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
+    PacketClass, CLOCK_CAPTURE, CLOCK_KERNEL, DEVICE_SLOTS, DIR_DOWNLOAD, DIR_UPLOAD, DNS_PORT, EVENTS_FILL_CHECK_EVERY, EVENTS_WAKEUP_BYTES, EVENT_APP_DATA,
     FLOW_STREAM_START, INSERTS_DEST_STATS, INSERTS_FLOWS, MAX_DEVICES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
@@ -291,10 +291,20 @@ fn count_insert(slot: u32) {
 
 /// Sends an event to user space, or counts it as dropped when the ring buffer is full.
 /// User space is woken only once `EVENTS_WAKEUP_BYTES` are waiting (it also reads on a
-/// timer): a wake-up per event would cost a context switch per packet.
+/// timer): a wake-up per event would cost a context switch per packet. The fill level is
+/// checked at every `EVENTS_FILL_CHECK_EVERY`-th event of a CPU.
 #[inline(always)]
 pub fn emit(ev: &Event) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= EVENTS_WAKEUP_BYTES as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    let check = match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, used by this CPU only.
+        Some(s) => unsafe {
+            (*s).events_written += 1;
+            (*s).events_written.is_multiple_of(EVENTS_FILL_CHECK_EVERY)
+        },
+        None => true,
+    };
+    let wake = check && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= EVENTS_WAKEUP_BYTES as u64;
+    let flags = if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     if EVENTS.output::<Event>(ev, flags as u64).is_err() {
         if let Some(c) = EVENT_DROPS.get_ptr_mut(0) {
             // SAFETY: per-CPU value, used by this CPU only.
@@ -361,9 +371,10 @@ fn launder(s: Segment) -> Segment {
 /// instead of each being verified through what follows.
 #[inline(always)]
 pub fn forget(v: [u32; 3]) -> [u32; 3] {
-    let Some(p) = SCRATCH.get_ptr_mut(0) else { return v };
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return v };
     // SAFETY: per-CPU value, used by this CPU only; volatile so the round trip stays.
     unsafe {
+        let p = &raw mut (*s).words;
         core::ptr::write_volatile(p, [v[0], v[1], v[2], 0]);
         let r = core::ptr::read_volatile(p);
         [r[0], r[1], r[2]]

@@ -45,11 +45,19 @@ pub static CLASS_COUNTERS: PerCpuArray<u64> =
 #[map]
 pub static MAP_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(INSERTS_SLOTS, 0);
 
-/// Scratch slot, index 0, per CPU: the program writes a segment's sequence number, length and
-/// payload offset and reads them back before walking records (see `accounting::launder`).
-/// Private to the program.
+/// The program's private per-CPU slot, index 0: the words `accounting::forget` passes
+/// through, and the events this CPU wrote to `EVENTS` (at every `EVENTS_FILL_CHECK_EVERY`-th
+/// the programs check whether to wake the reader, see `accounting::emit`). One value and one
+/// cache line for both, which a one-record segment touches anyway. Private to the programs.
 #[map]
-pub static SCRATCH: PerCpuArray<[u32; 4]> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `SCRATCH`'s value.
+#[repr(C)]
+pub struct Scratch {
+    pub words: [u32; 4],
+    pub events_written: u64,
+}
 
 /// Events to user space (`echo_common::Event`): app-data segments of monitored devices and
 /// marker pings. Written by the programs; drained by the agent (live) or after each test run
