@@ -526,6 +526,34 @@ fn live_markers_carry_the_monotonic_clock_and_app_data_the_coarse_one() {
     assert!(coarse0 <= s.first_seen_ns && s.first_seen_ns <= s.last_seen_ns && s.last_seen_ns <= coarse1, "{s:?} within [{coarse0}, {coarse1}]");
 }
 
+/// The coarse clock is cached per CPU for as long as jiffies stay put
+/// (`accounting::coarse_kernel_ns`): segments 5 ms apart, over a dozen 4 ms ticks, each
+/// carry the coarse time of their own run, never an earlier tick's.
+#[test]
+fn the_cached_coarse_clock_follows_every_tick() {
+    use echo_agent::clock::now_ns as now;
+    let mut progs = Programs::load(&[], Clock::Monotonic).unwrap();
+    let devices = [Mac(DEVICE_MAC)];
+    progs.set_devices(&devices).unwrap();
+    let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(echo_common::MAP_EVENTS).unwrap()).unwrap();
+    let frames = flow(&tls_stream(&[(APP, 100); 12]), &(1..12).map(|i| i * 105).collect::<Vec<_>>(), &[], plain);
+    let mut brackets = Vec::new();
+    for f in &frames {
+        let before = now(libc::CLOCK_MONOTONIC_COARSE);
+        testrun::run_one(&progs, f, 0, &devices).unwrap();
+        brackets.push((before, now(libc::CLOCK_MONOTONIC_COARSE)));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut times = Vec::new();
+    events::drain(&mut ring, |e| times.push(e.ts_ns));
+    // The SYN sends no event.
+    assert_eq!(times.len(), 12);
+    for (i, (t, (before, after))) in times.iter().zip(&brackets[1..]).enumerate() {
+        assert!((before..=after).contains(&t), "segment {i}: {t} outside [{before}, {after}]");
+    }
+    assert!(brackets[12].0 > brackets[1].1, "the segments spanned several ticks");
+}
+
 /// Replay on several threads hands one CPU frames of different flows out of capture order:
 /// a destination's first and last seen must be the earliest and latest capture times, not
 /// those of the first and last frames run, and each event carries its own frame's time.

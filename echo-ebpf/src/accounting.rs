@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     Global,
 };
 use echo_common::{
@@ -351,10 +351,30 @@ fn clock_ns<P: Packet, const COARSE: bool>(pkt: &P) -> u64 {
     if replaying() {
         pkt.capture_time_ns()
     } else if COARSE {
-        // SAFETY: helpers without preconditions.
-        unsafe { bpf_ktime_get_coarse_ns() }
+        coarse_kernel_ns()
     } else {
         unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+/// The coarse monotonic clock, read once per tick and CPU: it only moves when the tick
+/// moves jiffies, so while `bpf_jiffies64` (which the verifier inlines as a load) reads what
+/// it read at the last call, the time cached with it in `SCRATCH` is the clock's. The helper
+/// cost ~19 ns of a one-record segment in the bench's cold caches (BENCHMARKS.md). In the
+/// ~1 µs between the tick's jiffies update and its clock update a call caches the tick
+/// before's time, so the times of that CPU's packets lag by one more tick until the next.
+#[inline(always)]
+fn coarse_kernel_ns() -> u64 {
+    // SAFETY: helpers without preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return unsafe { bpf_ktime_get_coarse_ns() } };
+    // SAFETY: per-CPU value, used by this CPU only.
+    unsafe {
+        if (*s).coarse_ns == 0 || (*s).coarse_jiffies != jiffies {
+            (*s).coarse_ns = bpf_ktime_get_coarse_ns();
+            (*s).coarse_jiffies = jiffies;
+        }
+        (*s).coarse_ns
     }
 }
 

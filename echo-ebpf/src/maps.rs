@@ -57,6 +57,9 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 pub struct Scratch {
     pub words: [u32; 4],
     pub events_written: u64,
+    /// The coarse clock and the jiffies it was read at (`accounting::coarse_kernel_ns`).
+    pub coarse_ns: u64,
+    pub coarse_jiffies: u64,
 }
 
 /// Events to user space (`echo_common::Event`): app-data segments of monitored devices and
