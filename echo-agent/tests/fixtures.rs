@@ -80,6 +80,13 @@ fn flow(stream: &[u8], cuts: &[usize], order: &[usize], shape: impl Fn(&mut TcpF
     frames
 }
 
+/// A SYN, then `n` segments each carrying one app-data record of `payload` bytes.
+fn one_record_segments(n: usize, payload: usize) -> Vec<Vec<u8>> {
+    let stream = tls_stream(&vec![(APP, payload); n]);
+    let cuts: Vec<usize> = (1..n).map(|i| i * (payload + 5)).collect();
+    flow(&stream, &cuts, &[], plain)
+}
+
 fn plain(_: &mut TcpFrame) {}
 
 fn check(name: &str, frames: Vec<Vec<u8>>, want: Expect) {
@@ -425,9 +432,7 @@ fn a_full_ring_buffer_counts_dropped_events_and_keeps_counters_exact() {
     use echo_common::{Event, EVENTS_BYTES, MAP_EVENTS, MAP_EVENT_DROPS};
     const SEGMENTS: usize = 22_000;
     const PAYLOAD: usize = 100;
-    let stream = tls_stream(&vec![(APP, PAYLOAD); SEGMENTS]);
-    let cuts: Vec<usize> = (1..SEGMENTS).map(|i| i * (PAYLOAD + 5)).collect();
-    let frames = flow(&stream, &cuts, &[], plain);
+    let frames = one_record_segments(SEGMENTS, PAYLOAD);
     let mut progs = Programs::load(&[], Clock::Monotonic).unwrap();
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
@@ -464,9 +469,7 @@ fn the_reader_is_woken_at_the_first_fill_check_past_a_quarter_of_the_ring() {
         libc::CPU_SET(0, &mut set);
         assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
     }
-    let stream = tls_stream(&vec![(APP, 100); woken_at as usize]);
-    let cuts: Vec<usize> = (1..woken_at as usize).map(|i| i * 105).collect();
-    let frames = flow(&stream, &cuts, &[], plain);
+    let frames = one_record_segments(woken_at as usize, 100);
     let mut progs = Programs::load(&[], Clock::Monotonic).unwrap();
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
@@ -536,7 +539,7 @@ fn the_cached_coarse_clock_follows_every_tick() {
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
     let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(echo_common::MAP_EVENTS).unwrap()).unwrap();
-    let frames = flow(&tls_stream(&[(APP, 100); 12]), &(1..12).map(|i| i * 105).collect::<Vec<_>>(), &[], plain);
+    let frames = one_record_segments(12, 100);
     let mut brackets = Vec::new();
     for f in &frames {
         let before = now(libc::CLOCK_MONOTONIC_COARSE);

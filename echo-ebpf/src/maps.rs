@@ -46,9 +46,11 @@ pub static CLASS_COUNTERS: PerCpuArray<u64> =
 pub static MAP_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(INSERTS_SLOTS, 0);
 
 /// The program's private per-CPU slot, index 0: the words `accounting::forget` passes
-/// through, and the events this CPU wrote to `EVENTS` (at every `EVENTS_FILL_CHECK_EVERY`-th
-/// the programs check whether to wake the reader, see `accounting::emit`). One value and one
-/// cache line for both, which a one-record segment touches anyway. Private to the programs.
+/// through; the events this CPU wrote to `EVENTS` (at every `EVENTS_FILL_CHECK_EVERY`-th
+/// the programs check whether to wake the reader, see `accounting::emit`); and the coarse
+/// clock cached with the jiffies it was read at (`accounting::coarse_kernel_ns`). One value
+/// and one cache line for all three, which a one-record segment touches anyway. Private to
+/// the programs.
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
