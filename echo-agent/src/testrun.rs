@@ -240,7 +240,7 @@ pub fn run_capture(progs: &mut Programs, path: &Path, devices: &[Mac]) -> Result
             queues.push(tx);
             let (shared, xdp_ready) = (&shared, &xdp_ready);
             workers.push(s.spawn(move || -> Result<()> {
-                let mut worker = Worker::new(shared, xdp_ready, tc);
+                let mut worker = Worker::new(shared, xdp_ready, tc, MAX_HELD_BYTES);
                 for batch in rx {
                     for (ts, frame) in batch.frames() {
                         let mut failure = Ok(());
@@ -309,6 +309,8 @@ struct Worker<'s, 'a> {
     tc: &'a SchedClassifier,
     /// Upload frames waiting for echo_xdp, in order.
     held: Batch,
+    /// Most bytes `held` takes (`MAX_HELD_BYTES`); past them, the thread waits.
+    max_held: usize,
     /// Runs since this thread last drained the ring buffers.
     undrained: usize,
     /// Whether the thread runs at `HELD_NICE`.
@@ -328,12 +330,12 @@ fn set_thread_nice(nice: i32) {
 }
 
 impl<'s, 'a> Worker<'s, 'a> {
-    fn new(shared: &'s Mutex<(events::Rings, Vec<Item>)>, xdp_ready: &'s XdpReady<'a>, tc: &'a SchedClassifier) -> Self {
+    fn new(shared: &'s Mutex<(events::Rings, Vec<Item>)>, xdp_ready: &'s XdpReady<'a>, tc: &'a SchedClassifier, max_held: usize) -> Self {
         let niced = xdp_ready.get().is_none();
         if niced {
             set_thread_nice(HELD_NICE);
         }
-        Worker { shared, xdp_ready, tc, held: Batch::default(), undrained: 0, niced }
+        Worker { shared, xdp_ready, tc, held: Batch::default(), max_held, undrained: 0, niced }
     }
 
     fn run(&mut self, frame: &[u8], ts: u64, hook: Hook) -> Result<()> {
@@ -345,7 +347,7 @@ impl<'s, 'a> Worker<'s, 'a> {
                     self.run_held(xdp)?;
                     run_xdp(xdp, frame, ts)?
                 }
-                None if self.held.bytes.len() + frame.len() <= MAX_HELD_BYTES => {
+                None if self.held.bytes.len() + frame.len() <= self.max_held => {
                     self.held.push(ts, frame);
                     return Ok(());
                 }
@@ -458,6 +460,8 @@ fn flow_hash(f: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
@@ -484,5 +488,99 @@ mod tests {
         assert_eq!(threads, [0, 1, 0, 1], "slots are dealt in turn");
         assert_ne!(flow_hash(&up(0)), flow_hash(&up(1)));
         assert_eq!(flow_hash(&[0u8; 10]), 0);
+    }
+
+    /// A device's SYN and three segments, each one 100-byte app-data record.
+    fn upload_flow() -> Vec<Vec<u8>> {
+        use xtask::packets::{tls_stream, TcpFrame, ACK, PSH, SYN};
+        const ISN: u32 = 1_000;
+        let stream = tls_stream(&[(23, 100); 3]);
+        let mut frames = vec![TcpFrame::upload_v4(ISN, SYN, Vec::new()).build()];
+        for (i, record) in stream.chunks(105).enumerate() {
+            frames.push(TcpFrame::upload_v4(ISN + 1 + 105 * i as u32, ACK | PSH, record.to_vec()).build());
+        }
+        frames
+    }
+
+    /// Programs for replay with echo_tc loaded and echo_xdp not, as `run_capture` starts.
+    fn tc_only() -> Programs {
+        let mut progs = Programs::open(&[], Clock::Capture, crate::replay::FIRST_SIZES).expect("maps (root needed)");
+        progs.set_devices(&[Mac(xtask::packets::DEVICE_MAC)]).unwrap();
+        loader::load_tc(progs.programs_mut().1).unwrap();
+        progs
+    }
+
+    /// The destination's (app-data bytes, records, unsynced bytes, packets).
+    fn tcp_counts(progs: &Programs) -> (u64, u64, u64, u64) {
+        let snap = crate::counters::read(&progs.ebpf).unwrap();
+        let (_, s) = snap.dests.iter().find(|(k, _)| k.proto == 6).expect("the flow's destination");
+        (s.tls_app_bytes, s.tls_app_records, s.unsynced_bytes, s.packets)
+    }
+
+    /// An upload frame that would take a thread past its held bytes waits for echo_xdp, then
+    /// runs after the frames held before it: the flow counts as if nothing had waited (run
+    /// first, the last segment would start the flow unsynced).
+    #[test]
+    fn an_upload_frame_past_the_held_bytes_waits_for_echo_xdp_and_runs_after_the_held_ones() {
+        let frames = upload_flow();
+        let (last, before) = frames.split_last().unwrap();
+        let max_held: usize = before.iter().map(Vec::len).sum();
+        let mut progs = tc_only();
+        let shared = Mutex::new((progs.rings().unwrap(), Vec::new()));
+        let (xdp, tc) = progs.programs_mut();
+        let tc: &SchedClassifier = tc;
+        let xdp_ready = XdpReady::new();
+        let ((held_tx, held), (done_tx, done)) = (mpsc::channel(), mpsc::channel());
+        std::thread::scope(|s| {
+            let xdp_ready = &xdp_ready;
+            let shared = &shared;
+            s.spawn(move || {
+                let mut worker = Worker::new(shared, xdp_ready, tc, max_held);
+                for (i, f) in before.iter().enumerate() {
+                    worker.run(f, 1 + i as u64, Hook::Xdp).unwrap();
+                }
+                held_tx.send(worker.held.ts.len()).unwrap();
+                // Returns only once echo_xdp is set: the frame is not held too.
+                let r = worker.run(last, 1 + before.len() as u64, Hook::Xdp);
+                assert_eq!(worker.held.ts.len(), 0, "the held frames ran");
+                done_tx.send(r.map_err(|e| e.to_string())).unwrap();
+                worker.finish().unwrap();
+            });
+            assert_eq!(held.recv().unwrap(), before.len(), "every frame but the last held");
+            assert_eq!(done.recv_timeout(Duration::from_millis(300)), Err(mpsc::RecvTimeoutError::Timeout), "did not wait");
+            loader::load_xdp(xdp).unwrap();
+            xdp_ready.set(Some(&*xdp));
+            assert_eq!(done.recv_timeout(Duration::from_secs(10)), Ok(Ok(())));
+        });
+        assert_eq!(tcp_counts(&progs), (300, 3, 0, 4));
+        let (_, items) = shared.into_inner().unwrap();
+        assert_eq!(items.len(), 3, "one event per segment");
+    }
+
+    /// When echo_xdp failed to load, a thread's upload frames fail (the held ones at its
+    /// end, later ones at once) and its download frames still run.
+    #[test]
+    fn upload_frames_fail_once_echo_xdp_failed_to_load_and_download_frames_still_run() {
+        let frames = upload_flow();
+        let mut progs = tc_only();
+        let shared = Mutex::new((progs.rings().unwrap(), Vec::new()));
+        let tc: &SchedClassifier = progs.programs_mut().1;
+        let xdp_ready = XdpReady::new();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut holding = Worker::new(&shared, &xdp_ready, tc, MAX_HELD_BYTES);
+                holding.run(&frames[0], 1, Hook::Xdp).unwrap();
+                xdp_ready.set(None);
+                use xtask::packets::{udp_v4, DEVICE_MAC, HOTSPOT_MAC};
+                let download = udp_v4((HOTSPOT_MAC, DEVICE_MAC), [10, 77, 2, 10], [10, 77, 0, 2], (5_000, 40_000), &[0; 10]);
+                assert_eq!(holding.run(&download, 2, Hook::Tc).map_err(|e| e.to_string()), Ok(()));
+                assert_eq!(holding.finish().map_err(|e| e.to_string()), Err("echo_xdp did not load".to_string()));
+                let mut late = Worker::new(&shared, &xdp_ready, tc, MAX_HELD_BYTES);
+                assert_eq!(late.run(&frames[1], 3, Hook::Xdp).map_err(|e| e.to_string()), Err("echo_xdp did not load".to_string()));
+            });
+        });
+        let snap = crate::counters::read(&progs.ebpf).unwrap();
+        let directions: Vec<(u8, u64)> = snap.dests.iter().map(|(k, s)| (k.direction, s.packets)).collect();
+        assert_eq!(directions, [(echo_common::DIR_DOWNLOAD, 1)], "only the download frame ran");
     }
 }
