@@ -490,18 +490,6 @@ mod tests {
         assert_eq!(flow_hash(&[0u8; 10]), 0);
     }
 
-    /// A device's SYN and three segments, each one 100-byte app-data record.
-    fn upload_flow() -> Vec<Vec<u8>> {
-        use xtask::packets::{tls_stream, TcpFrame, ACK, PSH, SYN};
-        const ISN: u32 = 1_000;
-        let stream = tls_stream(&[(23, 100); 3]);
-        let mut frames = vec![TcpFrame::upload_v4(ISN, SYN, Vec::new()).build()];
-        for (i, record) in stream.chunks(105).enumerate() {
-            frames.push(TcpFrame::upload_v4(ISN + 1 + 105 * i as u32, ACK | PSH, record.to_vec()).build());
-        }
-        frames
-    }
-
     /// Programs for replay with echo_tc loaded and echo_xdp not, as `run_capture` starts.
     fn tc_only() -> Programs {
         let mut progs = Programs::open(&[], Clock::Capture, crate::replay::FIRST_SIZES).expect("maps (root needed)");
@@ -522,7 +510,8 @@ mod tests {
     /// first, the last segment would start the flow unsynced).
     #[test]
     fn an_upload_frame_past_the_held_bytes_waits_for_echo_xdp_and_runs_after_the_held_ones() {
-        let frames = upload_flow();
+        // A device's SYN and three segments, each one 100-byte app-data record.
+        let frames = xtask::packets::one_record_upload(1_000, 3, 100);
         let (last, before) = frames.split_last().unwrap();
         let max_held: usize = before.iter().map(Vec::len).sum();
         let mut progs = tc_only();
@@ -561,18 +550,19 @@ mod tests {
     /// end, later ones at once) and its download frames still run.
     #[test]
     fn upload_frames_fail_once_echo_xdp_failed_to_load_and_download_frames_still_run() {
-        let frames = upload_flow();
+        use xtask::packets::{udp_v4, DEVICE_MAC, HOTSPOT_MAC};
+        // A device's SYN and three segments, each one 100-byte app-data record.
+        let frames = xtask::packets::one_record_upload(1_000, 3, 100);
         let mut progs = tc_only();
         let shared = Mutex::new((progs.rings().unwrap(), Vec::new()));
         let tc: &SchedClassifier = progs.programs_mut().1;
         let xdp_ready = XdpReady::new();
+        let download = udp_v4((HOTSPOT_MAC, DEVICE_MAC), [10, 77, 2, 10], [10, 77, 0, 2], (5_000, 40_000), &[0; 10]);
         std::thread::scope(|s| {
             s.spawn(|| {
                 let mut holding = Worker::new(&shared, &xdp_ready, tc, MAX_HELD_BYTES);
                 holding.run(&frames[0], 1, Hook::Xdp).unwrap();
                 xdp_ready.set(None);
-                use xtask::packets::{udp_v4, DEVICE_MAC, HOTSPOT_MAC};
-                let download = udp_v4((HOTSPOT_MAC, DEVICE_MAC), [10, 77, 2, 10], [10, 77, 0, 2], (5_000, 40_000), &[0; 10]);
                 assert_eq!(holding.run(&download, 2, Hook::Tc).map_err(|e| e.to_string()), Ok(()));
                 assert_eq!(holding.finish().map_err(|e| e.to_string()), Err("echo_xdp did not load".to_string()));
                 let mut late = Worker::new(&shared, &xdp_ready, tc, MAX_HELD_BYTES);

@@ -4,7 +4,7 @@
 use aya::programs::{TestRun, TestRunOptions};
 use echo_agent::{clock::Clock, counters, device::Mac, events, loader::Programs, testrun};
 use echo_common::{DestStats, PacketClass, DIR_DOWNLOAD, DIR_UPLOAD, MAX_DEVICES, PACKET_CLASSES};
-use xtask::packets::{tls_stream, udp_v4, Ip, TcpFrame, ACK, DEVICE_MAC, HOTSPOT_MAC, PSH, SYN};
+use xtask::packets::{one_record_upload, tls_stream, udp_v4, Ip, TcpFrame, ACK, DEVICE_MAC, HOTSPOT_MAC, PSH, SYN};
 
 const ISN: u32 = 0xffff_ff00; // close to wrapping, so sequence arithmetic wraps mid-fixture
 const APP: u8 = 23;
@@ -78,13 +78,6 @@ fn flow(stream: &[u8], cuts: &[usize], order: &[usize], shape: impl Fn(&mut TcpF
         frames.push(f.build());
     }
     frames
-}
-
-/// A SYN, then `n` segments each carrying one app-data record of `payload` bytes.
-fn one_record_segments(n: usize, payload: usize) -> Vec<Vec<u8>> {
-    let stream = tls_stream(&vec![(APP, payload); n]);
-    let cuts: Vec<usize> = (1..n).map(|i| i * (payload + 5)).collect();
-    flow(&stream, &cuts, &[], plain)
 }
 
 fn plain(_: &mut TcpFrame) {}
@@ -432,7 +425,7 @@ fn a_full_ring_buffer_counts_dropped_events_and_keeps_counters_exact() {
     use echo_common::{Event, EVENTS_BYTES, MAP_EVENTS, MAP_EVENT_DROPS};
     const SEGMENTS: usize = 22_000;
     const PAYLOAD: usize = 100;
-    let frames = one_record_segments(SEGMENTS, PAYLOAD);
+    let frames = one_record_upload(ISN, SEGMENTS, PAYLOAD);
     let mut progs = Programs::load(&[], Clock::Monotonic).unwrap();
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
@@ -469,7 +462,7 @@ fn the_reader_is_woken_at_the_first_fill_check_past_a_quarter_of_the_ring() {
         libc::CPU_SET(0, &mut set);
         assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
     }
-    let frames = one_record_segments(woken_at as usize, 100);
+    let frames = one_record_upload(ISN, woken_at as usize, 100);
     let mut progs = Programs::load(&[], Clock::Monotonic).unwrap();
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
@@ -539,7 +532,7 @@ fn the_cached_coarse_clock_follows_every_tick() {
     let devices = [Mac(DEVICE_MAC)];
     progs.set_devices(&devices).unwrap();
     let mut ring = aya::maps::RingBuf::try_from(progs.ebpf.take_map(echo_common::MAP_EVENTS).unwrap()).unwrap();
-    let frames = one_record_segments(12, 100);
+    let frames = one_record_upload(ISN, 12, 100);
     let mut brackets = Vec::new();
     for f in &frames {
         let before = now(libc::CLOCK_MONOTONIC_COARSE);

@@ -121,6 +121,22 @@ pub fn tls_stream(records: &[(u8, usize)]) -> Vec<u8> {
     records.iter().flat_map(|&(ct, len)| tls_record(ct, len)).collect()
 }
 
+/// A TLS application-data record's content type.
+pub const TLS_APP_DATA: u8 = 23;
+
+/// A device's upload: a SYN with `isn`, then `n` segments each carrying one `payload`-byte
+/// application-data record (5-byte header and payload).
+pub fn one_record_upload(isn: u32, n: usize, payload: usize) -> Vec<Vec<u8>> {
+    let record = 5 + payload;
+    let stream = tls_stream(&vec![(TLS_APP_DATA, payload); n]);
+    let mut frames = vec![TcpFrame::upload_v4(isn, SYN, Vec::new()).build()];
+    for (i, r) in stream.chunks(record).enumerate() {
+        let seq = isn.wrapping_add(1).wrapping_add((i * record) as u32);
+        frames.push(TcpFrame::upload_v4(seq, ACK | PSH, r.to_vec()).build());
+    }
+    frames
+}
+
 /// A UDP datagram over IPv4 in an Ethernet frame (checksums zero: the programs never check).
 pub fn udp_v4(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
     let (src_mac, dst_mac) = macs;
