@@ -29,7 +29,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Benchmarks against baselines measured in the same run; writes target/bench/report.md.
+    /// Benchmarks against baselines measured in the same run; writes target/bench/report.md (--quick: report-quick.md).
     Bench {
         /// A shorter run (under 3 minutes).
         #[arg(long)]

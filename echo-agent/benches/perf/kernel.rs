@@ -90,7 +90,7 @@ const DRAIN_EVERY: u64 = 4_096;
 /// Runs one segment, draining the events ring every `DRAIN_EVERY` runs (outside the timed
 /// run, which the kernel times by itself).
 fn run_segment(p: &Xdp, frame: &[u8], rings: &mut Rings, i: u64) -> u64 {
-    if i % DRAIN_EVERY == 0 {
+    if i.is_multiple_of(DRAIN_EVERY) {
         events::drain_all(rings, |_| ());
     }
     run_once(p, frame, 1)
@@ -187,7 +187,7 @@ pub fn run(scale: Scale) -> Result<String> {
     other.src_mac = [0x02, 0xaa, 0, 0, 0, 9];
     let ack = TcpFrame::upload_v4(ISN + 1, ACK, Vec::new());
     let mut ratios_other = Vec::new();
-    let only = std::env::var("ECHO_BENCH_FIXTURE").ok();
+    let only = std::env::var(crate::FIXTURE_VAR).ok();
     let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     for (name, frame) in [("another MAC (not monitored)", other.build()), ("device: pure ACK", ack.build())] {
         if !wanted(name) {
@@ -274,7 +274,7 @@ fn scaling(progs: &Programs, base: &Xdp, rings: &mut Rings, scale: Scale) -> Res
         let shape_of = |i: u32| {
             move |f: &mut TcpFrame| {
                 f.sport = 1024 + (i % 60_000) as u16;
-                f.ip = Ip::V4 { src: [10, 100 + k as u8, (i / 60_000) as u8, 2], dst: [10, 200, (i % dests >> 8) as u8, (i % dests) as u8], options: Vec::new() };
+                f.ip = Ip::V4 { src: [10, 100 + k as u8, (i / 60_000) as u8, 2], dst: [10, 200, ((i % dests) >> 8) as u8, (i % dests) as u8], options: Vec::new() };
             }
         };
         let mut segs: Vec<Segments> = Vec::with_capacity(active as usize);
@@ -291,7 +291,7 @@ fn scaling(progs: &Programs, base: &Xdp, rings: &mut Rings, scale: Scale) -> Res
         medians.push(spread(ratios.clone()).1);
         let _ = writeln!(out, "| {flows} | {active} | {dests} | {} | {} | {} |", fmt3(spread(ours), 1), fmt3(spread(bases), 1), fmt3(spread(ratios), 2));
     }
-    let (&(big, _), &(_, many)) = (rows.iter().filter(|r| r.1 == 1_000).last().expect("rows"), rows.last().expect("rows"));
+    let (&(big, _), &(_, many)) = (rows.iter().rfind(|r| r.1 == 1_000).expect("rows"), rows.last().expect("rows"));
     let at = |row: (u32, u32)| medians[rows.iter().position(|&r| r == row).expect("row")];
     let _ = writeln!(
         out,

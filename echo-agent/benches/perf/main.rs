@@ -1,7 +1,9 @@
 //! `cargo xtask bench [--quick]`: echo-agent's speed and memory, each figure next to a
 //! baseline measured in the same run (these machines are noisy), as min/median/max over
 //! rounds. Nothing here asserts a time; goals are reported as met or not. The report is
-//! printed and written to target/bench/report.md (BENCHMARKS.md quotes it).
+//! printed and written to target/bench/report.md (BENCHMARKS.md quotes it); a `--quick` run to
+//! report-quick.md and a run narrowed by `ECHO_BENCH_*` to report-partial.md, so that neither
+//! overwrites the last full run's report.
 
 mod agent_cost;
 mod kernel;
@@ -44,7 +46,7 @@ fn main() {
     // list: those).
     let mut scale = if quick { Scale { quick, rounds: 3, packets: 100_000 } } else { Scale { quick, rounds: 5, packets: 1_000_000 } };
     // ECHO_BENCH_ROUNDS=R,PACKETS overrides the size (for A/B runs of one section).
-    if let Some((r, p)) = std::env::var("ECHO_BENCH_ROUNDS").ok().and_then(|v| v.split_once(',').and_then(|(r, p)| Some((r.parse().ok()?, p.parse().ok()?)))) {
+    if let Some((r, p)) = std::env::var(ROUNDS_VAR).ok().and_then(|v| v.split_once(',').and_then(|(r, p)| Some((r.parse().ok()?, p.parse().ok()?)))) {
         scale.rounds = r;
         scale.packets = p;
     }
@@ -64,7 +66,7 @@ fn main() {
         ("live path", live_path::run),
         ("agent cost", agent_cost::run),
     ] {
-        if std::env::var("ECHO_BENCH_ONLY").is_ok_and(|only| !only.split(',').any(|o| o == name)) {
+        if std::env::var(ONLY_VAR).is_ok_and(|only| !only.split(',').any(|o| o == name)) {
             continue;
         }
         eprintln!("bench: {name}…");
@@ -79,6 +81,25 @@ fn main() {
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join("report.md"), &report);
-    eprintln!("bench: report written to {}", dir.join("report.md").display());
+    let path = dir.join(report_name(quick, ENV_OVERRIDES.iter().any(|v| std::env::var_os(v).is_some())));
+    let _ = std::fs::write(&path, &report);
+    eprintln!("bench: report written to {}", path.display());
+}
+
+/// The environment variables that narrow a run to part of the bench: sections (`main`),
+/// kernel fixtures (`kernel::run`), rounds and packets per round (`main`).
+pub const ONLY_VAR: &str = "ECHO_BENCH_ONLY";
+pub const FIXTURE_VAR: &str = "ECHO_BENCH_FIXTURE";
+pub const ROUNDS_VAR: &str = "ECHO_BENCH_ROUNDS";
+const ENV_OVERRIDES: [&str; 3] = [ONLY_VAR, FIXTURE_VAR, ROUNDS_VAR];
+
+/// The report's file in target/bench: only a full, unnarrowed run writes report.md.
+fn report_name(quick: bool, narrowed: bool) -> &'static str {
+    if narrowed {
+        "report-partial.md"
+    } else if quick {
+        "report-quick.md"
+    } else {
+        "report.md"
+    }
 }
