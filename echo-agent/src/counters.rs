@@ -16,6 +16,8 @@ pub struct Snapshot {
     pub flow_entries: u64,
     pub flow_inserts: u64,
     pub dest_inserts: u64,
+    /// CPUs whose pending destination counts could not be folded before this read (`fold`).
+    pub unfolded_cpus: u32,
 }
 
 impl Snapshot {
@@ -33,7 +35,12 @@ impl Snapshot {
     }
 }
 
-use crate::loader::MapSource;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{
+    fold::{self, FoldError},
+    loader::MapSource,
+};
 
 fn map<'a>(maps: &'a impl MapSource, name: &str) -> &'a aya::maps::Map {
     maps.map_named(name).unwrap_or_else(|| panic!("the object defines map {name}"))
@@ -57,10 +64,34 @@ pub fn count_flows(ebpf: &impl MapSource) -> Result<u64, MapError> {
     Ok(flows.keys().count() as u64)
 }
 
+/// Folds every CPU's pending destination counts into `DEST_STATS` (`fold`), so that a read
+/// that follows is exact. Returns the CPUs that could not be folded; says why on standard
+/// error the first time.
+pub fn fold_pending(ebpf: &impl MapSource) -> u32 {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    let r = ebpf.fold_program().map_or(Err(FoldError::NoProgram), fold::on_every_cpu);
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            if !SAID.swap(true, Ordering::Relaxed) {
+                eprintln!("echo-agent: {e}: destination counters lack those CPUs' latest frames until they fold them (echo_unfolded_cpus)");
+            }
+            e.unfolded_cpus()
+        }
+    }
+}
+
 /// Every destination entry, summed over CPUs, in key order (device, direction, address, port,
-/// protocol). Cheaper than `read` when only destinations are wanted: the API's device and
-/// destination views, which an experiment runner polls every 10 ms.
+/// protocol), pending counts folded first. Cheaper than `read` when only destinations are
+/// wanted: the API's device and destination views, which an experiment runner polls every
+/// 10 ms.
 pub fn read_dests(ebpf: &impl MapSource) -> Result<Vec<(DestKey, DestStats)>, MapError> {
+    fold_pending(ebpf);
+    sum_dests(ebpf)
+}
+
+/// `DEST_STATS` as it is, summed over CPUs, in key order.
+fn sum_dests(ebpf: &impl MapSource) -> Result<Vec<(DestKey, DestStats)>, MapError> {
     let stats: PerCpuHashMap<&MapData, DestKey, DestStats> = PerCpuHashMap::try_from(map(ebpf, MAP_DEST_STATS))?;
     let mut dests = Vec::new();
     for entry in stats.iter() {
@@ -75,7 +106,8 @@ pub fn read_dests(ebpf: &impl MapSource) -> Result<Vec<(DestKey, DestStats)>, Ma
 
 /// Every counter, with the flow table's live entries as counted elsewhere.
 pub fn read_with_flow_entries(ebpf: &impl MapSource, flow_entries: u64) -> Result<Snapshot, MapError> {
-    let dests = read_dests(ebpf)?;
+    let unfolded_cpus = fold_pending(ebpf);
+    let dests = sum_dests(ebpf)?;
 
     let classes_map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, MAP_CLASS_COUNTERS))?;
     let sums = classes_map.iter().map(|per_cpu| per_cpu.map(|v| v.iter().sum::<u64>())).collect::<Result<Vec<u64>, _>>()?;
@@ -88,5 +120,6 @@ pub fn read_with_flow_entries(ebpf: &impl MapSource, flow_entries: u64) -> Resul
         flow_entries,
         flow_inserts: sum_slot(INSERTS_FLOWS)?,
         dest_inserts: sum_slot(INSERTS_DEST_STATS)?,
+        unfolded_cpus,
     })
 }

@@ -78,6 +78,7 @@ const METRICS: &[(&str, &str, Kind, &[&str])] = &[
     ("echo_map_entries", "Live entries of the programs' LRU maps.", Kind::Gauge, &["map"]),
     ("echo_map_evictions_total", "Entries pushed out of the programs' LRU maps.", Kind::Counter, &["map"]),
     ("echo_events_dropped_total", "Events the ring buffer had no room for (counters stay exact).", Kind::Counter, &[]),
+    ("echo_unfolded_cpus", "CPUs whose pending destination counts this scrape could not fold in: their latest counts wait for that CPU's next fold.", Kind::Gauge, &[]),
     ("echo_snippets_dropped_total", "ClientHello and DNS snippets the ring buffer had no room for (names may be missing).", Kind::Counter, &[]),
     ("echo_bpf_run_seconds_total", "Time the kernel spent in the program (kernel BPF statistics).", Kind::Counter, &["program"]),
     ("echo_bpf_runs_total", "Runs of the program (kernel BPF statistics).", Kind::Counter, &["program"]),
@@ -249,6 +250,7 @@ impl MapCollector {
         rows.add("echo_map_evictions_total", &["flows"], flow_evictions as f64);
         rows.add("echo_map_evictions_total", &["destinations"], snap.dest_evictions() as f64);
         rows.add("echo_events_dropped_total", &[], per_cpu_sum(&*self.maps, MAP_EVENT_DROPS, 0).unwrap_or(0) as f64);
+        rows.add("echo_unfolded_cpus", &[], snap.unfolded_cpus as f64);
         rows.add("echo_snippets_dropped_total", &[], per_cpu_sum(&*self.maps, MAP_SNIPPET_DROPS, 0).unwrap_or(0) as f64);
         let mut pings: BTreeMap<&str, u64> = BTreeMap::new();
         for (slot, m) in self.markers.iter().enumerate() {

@@ -13,6 +13,7 @@ pub mod device_table;
 pub mod events;
 pub mod experiment;
 pub mod exporter;
+pub mod fold;
 pub mod frames;
 pub mod gso;
 pub mod heartbeats;

@@ -1,7 +1,10 @@
 //! Loads the echo-ebpf programs (optionally reusing maps pinned by an earlier agent) and
 //! configures their maps. Attaching lives in `attach`, the pin directory in `pins`.
 
-use std::path::Path;
+use std::{
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    path::Path,
+};
 
 use aya::{
     maps::{Array, HashMap, Map, MapError, RingBuf},
@@ -22,6 +25,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ec
 pub const XDP_PROGRAM: &str = "echo_xdp";
 /// Name of the TC egress (download) program in the object.
 pub const TC_PROGRAM: &str = "echo_tc";
+/// Name of the program that folds a CPU's pending destination counts into `DEST_STATS`
+/// (`fold`): loaded with the maps, never attached, run on each CPU before a read.
+pub const FOLD_PROGRAM: &str = "echo_fold";
 /// Name of the benchmarks' baseline in the object: an XDP program that only passes the
 /// frame (never loaded or attached by the agent).
 pub const BASELINE_PROGRAM: &str = "echo_baseline";
@@ -98,21 +104,36 @@ pub fn object() -> aya_obj::Object {
 /// Maps every frame in a program's way, read by the agent through `MapSource`.
 pub trait MapSource {
     fn map_named(&self, name: &str) -> Option<&Map>;
+    /// `FOLD_PROGRAM`, to run before reading `DEST_STATS` (`fold`).
+    fn fold_program(&self) -> Option<BorrowedFd<'_>>;
 }
 
 impl MapSource for Ebpf {
     fn map_named(&self, name: &str) -> Option<&Map> {
         self.map(name)
     }
+
+    fn fold_program(&self) -> Option<BorrowedFd<'_>> {
+        let xdp: &Xdp = self.program(FOLD_PROGRAM)?.try_into().ok()?;
+        xdp.fd().ok().map(|fd| fd.as_fd())
+    }
 }
 
-/// Maps taken out of the `Ebpf` object, so a scrape thread can own them.
+/// Maps taken out of the `Ebpf` object, with the fold program's fd, so a scrape thread can
+/// own them.
 #[derive(Default)]
-pub struct MapSet(std::collections::HashMap<String, Map>);
+pub struct MapSet {
+    maps: std::collections::HashMap<String, Map>,
+    fold: Option<OwnedFd>,
+}
 
 impl MapSource for MapSet {
     fn map_named(&self, name: &str) -> Option<&Map> {
-        self.0.get(name)
+        self.maps.get(name)
+    }
+
+    fn fold_program(&self) -> Option<BorrowedFd<'_>> {
+        self.fold.as_ref().map(|fd| fd.as_fd())
     }
 }
 
@@ -223,6 +244,10 @@ impl Programs {
             .map_err(|e| if is_eperm(&e) { LoadError::Privileges } else { LoadError::Object(e) })?;
         let mut programs = Programs { ebpf, clock };
         programs.fill_markers(markers)?;
+        // With the maps, not the other programs: any counts in the maps can be folded,
+        // whichever programs later load (a few instructions to verify).
+        let fold: &mut Xdp = programs.ebpf.program_mut(FOLD_PROGRAM).expect("the object defines echo_fold").try_into().expect("XDP");
+        fold.load().map_err(|e| program_err(FOLD_PROGRAM, e))?;
         Ok(programs)
     }
 
@@ -311,9 +336,11 @@ impl Programs {
         self.clock
     }
 
-    /// Takes the named maps out of the object (for a thread that reads them on its own).
+    /// Takes the named maps out of the object, with a copy of the fold program's fd (for a
+    /// thread that reads them on its own).
     pub fn take_maps(&mut self, names: &[&str]) -> MapSet {
-        MapSet(names.iter().filter_map(|&n| self.ebpf.take_map(n).map(|m| (n.to_string(), m))).collect())
+        let fold = self.ebpf.fold_program().and_then(|fd| fd.try_clone_to_owned().ok());
+        MapSet { maps: names.iter().filter_map(|&n| self.ebpf.take_map(n).map(|m| (n.to_string(), m))).collect(), fold }
     }
 
     /// Takes both ring buffers out of the object, for the one reader that drains them.

@@ -209,11 +209,13 @@ fn household_interactions_frames_and_flags() {
         ("echo_marker_pings_total", &[("role", "command_start")][..], 8.0),
         ("echo_events_dropped_total", &[][..], 0.0),
         ("echo_snippets_dropped_total", &[][..], 0.0),
+        ("echo_unfolded_cpus", &[][..], 0.0),
         ("echo_destination_info", &[("device", DEVICE), ("destination", cloud_ip.as_str()), ("name", echo_sim::ECHO_HOST), ("source", "sni")][..], 1.0),
     ];
     for (name, labels, want) in expect {
         assert_eq!(m.value(name, labels), want, "metric {name}{labels:?}");
     }
+    assert_eq!(m.series("echo_unfolded_cpus").len(), 1, "every scrape says whether it folded every CPU");
     let last_end = m.value("echo_last_interaction_end_timestamp_seconds", &dev);
     assert!((last_end - truth.commands.last().unwrap().end).abs() < 0.1, "{last_end}");
     for role in echo_sim::ROLES {

@@ -22,6 +22,7 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_DEST_STATS: &str = "DEST_STATS";
 pub const MAP_CLASS_COUNTERS: &str = "CLASS_COUNTERS";
 pub const MAP_INSERTS: &str = "MAP_INSERTS";
+pub const MAP_PENDING_DESTS: &str = "PENDING_DESTS";
 /// Symbol of the programs' load-time clock switch (`echo-ebpf/src/accounting.rs`): a `u64`
 /// in `.rodata`, `CLOCK_KERNEL` or `CLOCK_CAPTURE`, set by user space before loading
 /// (`EbpfLoader::override_global`). The map is frozen, so the verifier knows the value and

@@ -14,8 +14,8 @@ use echo_common::{
 
 use crate::{
     maps::{
-        CLASS_COUNTERS, DEST_STATS, DEVICE_TABLE, EVENTS, EVENT_DROPS, FLOWS,
-        MAP_INSERTS, SCRATCH,
+        PendingDest, CLASS_COUNTERS, DEST_STATS, DEVICE_TABLE, EVENTS, EVENT_DROPS, FLOWS,
+        MAP_INSERTS, PENDING_DESTS, SCRATCH,
     },
     markers,
     parse::{ethernet, ipv4, ipv6, tcp, udp, Packet, L3},
@@ -114,7 +114,7 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
         _pad: [0; 2],
     };
     if l3.later_fragment {
-        touch(&key, now, frame_len);
+        touch::<P>(&key, now, frame_len);
         return PacketClass::Other;
     }
     // At XDP the transport parsers read their header in place when it sits at its usual
@@ -137,18 +137,18 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
         PROTO_UDP => {
             let Some(u) = udp::parse(pkt, l4_off) else { return PacketClass::Other };
             key.port = if upload { u.dport } else { u.sport };
-            touch(&key, now, frame_len);
+            touch::<P>(&key, now, frame_len);
             if P::DIRECTION == DIR_DOWNLOAD && u.sport == DNS_PORT && u.payload_off < l3_end {
                 snippets::dns(pkt, &key, u.payload_off, (l3_end - u.payload_off) as u32);
             }
             if u.sport == DNS_PORT || u.dport == DNS_PORT { PacketClass::Dns } else { PacketClass::Other }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            touch(&key, now, frame_len);
+            touch::<P>(&key, now, frame_len);
             PacketClass::Icmp
         }
         _ => {
-            touch(&key, now, frame_len);
+            touch::<P>(&key, now, frame_len);
             PacketClass::Other
         }
     }
@@ -156,7 +156,7 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
 
 #[inline(always)]
 fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey, coarse_now: u64, frame_len: usize) -> PacketClass {
-    let Some(stats) = touch(key, coarse_now, frame_len) else { return PacketClass::OtherTcp };
+    let Some(stats) = touch::<P>(key, coarse_now, frame_len) else { return PacketClass::OtherTcp };
     stats.tcp_payload_bytes += seg.payload_len as u64;
     let fkey = FlowKey {
         src: l3.src,
@@ -244,21 +244,28 @@ fn flow_state(key: &FlowKey, seq: u32) -> Option<&'static mut FlowState> {
 // SAFETY: DestStats is plain integers (echo-common, repr(C)); all-zero is a valid value.
 static ZERO_STATS: DestStats = unsafe { core::mem::zeroed() };
 
-/// The destination's counters (created on first use) with this packet (`frame_len` bytes
-/// long) counted.
-#[inline(always)]
-fn touch(key: &DestKey, now: u64, frame_len: usize) -> Option<&'static mut DestStats> {
-    let p = match DEST_STATS.get_ptr_mut(key) {
-        Some(p) => p,
-        None => {
-            if DEST_STATS.insert(key, &ZERO_STATS, BPF_NOEXIST as u64).is_ok() {
-                count_insert(INSERTS_DEST_STATS);
-            }
-            DEST_STATS.get_ptr_mut(key)?
-        }
-    };
-    // SAFETY: a valid per-CPU map value pointer, only used by this CPU.
-    let s = unsafe { &mut *p };
+/// How long a CPU's frames for one destination may add to its pending counts before the next
+/// frame folds them into `DEST_STATS` (`touch`): keeps a busy destination's entry recent for
+/// the LRU, which only sees folds, and bounds what a CPU that user space cannot fold on
+/// holds back. One second: a fold per second and CPU costs nothing measurable.
+const PENDING_MAX_AGE_NS: u64 = 1_000_000_000;
+
+/// The destination's pending counts (see `PENDING_DESTS`) with this frame (`frame_len` bytes
+/// long) counted. A frame for another destination than the pending one, or one that comes
+/// `PENDING_MAX_AGE_NS` after the pending counts began, first folds them into `DEST_STATS`.
+/// Out of line, like `fold`: in line, the main frame and the record walker's calls exceed
+/// the 512-byte stack ("combined stack size of 3 calls is 560").
+#[inline(never)]
+fn touch<P: Packet>(key: &DestKey, now: u64, frame_len: usize) -> Option<&'static mut DestStats> {
+    let p = PENDING_DESTS.get_ptr_mut(P::DIRECTION as u32)?;
+    // SAFETY: per-CPU value, used by this CPU only; user space folds it only from a test
+    // run on this CPU, which cannot interleave with this one (see `fold_pending`).
+    let p = unsafe { &mut *p };
+    if !same_key(&p.key, key) || now.saturating_sub(p.stats.first_seen_ns) >= PENDING_MAX_AGE_NS {
+        fold(p);
+        p.key = *key;
+    }
+    let s = &mut p.stats;
     // The earliest and latest times, not the first and last written: a replay on several
     // threads hands one CPU frames of different flows out of capture order (live, the
     // monotonic clock makes both the same).
@@ -271,6 +278,56 @@ fn touch(key: &DestKey, now: u64, frame_len: usize) -> Option<&'static mut DestS
     s.packets += 1;
     s.wire_bytes += frame_len as u64;
     Some(s)
+}
+
+/// Whether two keys are equal, compared as twelve 16-bit words.
+#[inline(always)]
+fn same_key(a: &DestKey, b: &DestKey) -> bool {
+    let (a, b) = (a as *const DestKey as *const u16, b as *const DestKey as *const u16);
+    let mut d = 0u16;
+    for i in 0..size_of::<DestKey>() / 2 {
+        // SAFETY: DestKey is 24 plain bytes, 2-aligned (echo-common), read as u16 words.
+        d |= unsafe { a.add(i).read() ^ b.add(i).read() };
+    }
+    d == 0
+}
+
+/// Adds pending counts into their destination's `DEST_STATS` entry (created on first use)
+/// and zeroes them.
+#[inline(never)]
+fn fold(p: &mut PendingDest) {
+    if p.stats.packets == 0 {
+        return;
+    }
+    let d = match DEST_STATS.get_ptr_mut(&p.key) {
+        Some(d) => Some(d),
+        None => {
+            if DEST_STATS.insert(&p.key, &ZERO_STATS, BPF_NOEXIST as u64).is_ok() {
+                count_insert(INSERTS_DEST_STATS);
+            }
+            DEST_STATS.get_ptr_mut(&p.key)
+        }
+    };
+    if let Some(d) = d {
+        // SAFETY: a valid per-CPU map value pointer, only used by this CPU.
+        unsafe { (*d).merge(&p.stats) };
+    }
+    // SAFETY: plain integers; all-zero is a valid value.
+    unsafe { core::ptr::write_bytes(&raw mut p.stats, 0, 1) };
+}
+
+/// Folds this CPU's pending counts, both directions, into `DEST_STATS` (`echo_fold`).
+#[inline(always)]
+pub fn fold_pending() {
+    for direction in [DIR_UPLOAD, DIR_DOWNLOAD] {
+        if let Some(p) = PENDING_DESTS.get_ptr_mut(direction as u32) {
+            // SAFETY: per-CPU value, used by this CPU only. User space runs this program
+            // with BPF_PROG_TEST_RUN from a thread pinned to the CPU; the kernel runs XDP
+            // and TC test runs with bottom halves disabled, as the live hooks run, so
+            // neither can interrupt the other on one CPU.
+            fold(unsafe { &mut *p });
+        }
+    }
 }
 
 #[inline(always)]

@@ -32,6 +32,14 @@ pub fn echo_tc(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Folds this CPU's pending destination counts (`PENDING_DESTS`) into `DEST_STATS`: run by
+/// user space on each CPU (BPF_PROG_TEST_RUN) before it reads them. Never attached.
+#[xdp]
+pub fn echo_fold(_ctx: XdpContext) -> u32 {
+    accounting::fold_pending();
+    xdp_action::XDP_PASS
+}
+
 /// The benchmarks' baseline: an XDP program that only passes the frame (never attached).
 #[xdp]
 pub fn echo_baseline(_ctx: XdpContext) -> u32 {

@@ -64,6 +64,25 @@ pub struct Scratch {
     pub coarse_jiffies: u64,
 }
 
+/// Each CPU's pending destination per direction (index `DIR_UPLOAD`, `DIR_DOWNLOAD`): the
+/// destination of that CPU's last counted frame and what its frames added since they were
+/// last folded into `DEST_STATS`. A frame for the same destination adds here and skips the
+/// `DEST_STATS` lookup (~35 ns of a one-record segment, BENCHMARKS.md); a frame for another
+/// one, or one more than `PENDING_MAX_AGE_NS` after the pending counts began, folds them
+/// first (`accounting::touch`). User space folds every CPU before it reads `DEST_STATS`
+/// (`echo_fold`, run on each CPU). Written by the programs only; pinned with the counters,
+/// so that counts a stopped agent's programs left pending are folded by the next one's.
+/// Fixed size.
+#[map]
+pub static PENDING_DESTS: PerCpuArray<PendingDest> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
+
+/// `PENDING_DESTS`'s value: `stats.packets == 0` when nothing is pending.
+#[repr(C)]
+pub struct PendingDest {
+    pub key: DestKey,
+    pub stats: DestStats,
+}
+
 /// Events to user space (`echo_common::Event`): app-data segments of monitored devices and
 /// marker pings. Written by the programs; drained by the agent (live) or after each test run
 /// (replay). Bounded by `EVENTS_BYTES`; a full buffer drops the event and counts it in
