@@ -86,25 +86,44 @@ fn set_affinity(set: &libc::cpu_set_t) -> io::Result<()> {
     Ok(())
 }
 
+fn affinity() -> io::Result<libc::cpu_set_t> {
+    let mut set = cpu_set([]);
+    // SAFETY: pid 0 is this thread; a valid set of the size passed.
+    if unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(set)
+}
+
+/// Moves the calling thread to `cpu`, and keeps it there.
+pub fn pin_this_thread(cpu: u32) -> io::Result<()> {
+    set_affinity(&cpu_set([cpu as usize]))
+}
+
+/// The CPUs the calling thread may run on.
+pub fn this_thread_cpus() -> io::Result<Vec<u32>> {
+    let set = affinity()?;
+    // SAFETY: CPU_ISSET bounds-checks against the set's size.
+    Ok((0..libc::CPU_SETSIZE as u32).filter(|&c| unsafe { libc::CPU_ISSET(c as usize, &set) }).collect())
+}
+
 /// Runs `echo_fold` on every online CPU, from this thread pinned to each in turn, then
 /// gives the thread its CPU set back. Tries every CPU; the error counts those that failed.
 pub fn on_every_cpu(prog: BorrowedFd<'_>) -> Result<(), FoldError> {
     let cpus = aya::util::online_cpus().map_err(|(_, e)| FoldError::OnlineCpus(e))?;
-    let mut saved = cpu_set([]);
-    // SAFETY: pid 0 is this thread; a valid set of the size passed.
-    let have_saved = unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut saved) } == 0;
+    let saved = affinity();
     let mut err: Option<FoldError> = None;
     for cpu in cpus {
-        let r = set_affinity(&cpu_set([cpu as usize])).and_then(|()| run_once(prog));
+        let r = pin_this_thread(cpu).and_then(|()| run_once(prog));
         match (r, &mut err) {
             (Ok(()), _) => {}
             (Err(_), Some(FoldError::Cpus { failed, .. })) => *failed += 1,
             (Err(source), _) => err = Some(FoldError::Cpus { failed: 1, cpu, source }),
         }
     }
-    if have_saved {
+    if let Ok(saved) = &saved {
         // Our own set from a moment ago: cannot fail but for a CPU going offline meanwhile.
-        let _ = set_affinity(&saved);
+        let _ = set_affinity(saved);
     }
     err.map_or(Ok(()), Err)
 }

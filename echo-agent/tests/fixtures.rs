@@ -456,12 +456,7 @@ fn the_reader_is_woken_at_the_first_fill_check_past_a_quarter_of_the_ring() {
     let woken_at = past_mark.div_ceil(EVENTS_FILL_CHECK_EVERY) * EVENTS_FILL_CHECK_EVERY;
     assert_eq!((past_mark, woken_at), (5_462, 5_504));
     // One CPU counts every event: the fill is checked per CPU.
-    // SAFETY: a zeroed cpu_set_t with one CPU set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
-    }
+    echo_agent::fold::pin_this_thread(0).unwrap();
     let frames = one_record_upload(ISN, woken_at as usize, 100);
     let mut progs = Programs::load(&[], Clock::Monotonic).unwrap();
     let devices = [Mac(DEVICE_MAC)];

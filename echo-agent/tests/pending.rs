@@ -5,7 +5,7 @@
 //! `counters::read` returns, which must be exact whichever CPUs the frames ran on.
 
 use aya::maps::{MapData, PerCpuHashMap};
-use echo_agent::{clock::Clock, counters, device::Mac, loader::Programs, testrun};
+use echo_agent::{clock::Clock, counters, device::Mac, fold, loader::Programs, testrun};
 use echo_common::{DestKey, DestStats, MAP_DEST_STATS};
 use xtask::packets::{udp_v4, DEVICE_MAC, HOTSPOT_MAC};
 
@@ -23,24 +23,12 @@ fn programs() -> Programs {
     progs
 }
 
-/// Moves this thread to `cpu` (and keeps it there).
 fn pin_to(cpu: u32) {
-    // SAFETY: a zeroed cpu_set_t is the empty set; pid 0 is this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pin to CPU {cpu}");
-    }
+    fold::pin_this_thread(cpu).unwrap_or_else(|e| panic!("pin to CPU {cpu}: {e}"));
 }
 
-/// The CPUs this thread may run on.
 fn allowed_cpus() -> Vec<u32> {
-    // SAFETY: as in `pin_to`.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
-        (0..libc::CPU_SETSIZE as u32).filter(|&c| libc::CPU_ISSET(c as usize, &set)).collect()
-    }
+    fold::this_thread_cpus().unwrap()
 }
 
 /// `DEST_STATS` unfolded: (last address byte, packets, wire bytes) per entry, summed over CPUs.
