@@ -144,35 +144,20 @@ fn cleanup(pcap: &Path) {
     }
 }
 
-/// Runs `f`, and once more if it fails. Known issue, not yet understood: in about one run in
-/// seven on a 2-core VM, one flow of these tests loses a record's worth of bytes to
-/// `unsynced` (no interface drops, sometimes no retransmission either). A second failure in
-/// a row fails the test; the first is logged loudly so it stays visible.
-fn once_more(name: &str, f: impl Fn() + std::panic::RefUnwindSafe) {
-    if std::panic::catch_unwind(&f).is_err() {
-        eprintln!("KNOWN INTERMITTENT ISSUE: {name} failed once (see above); running it again");
-        f();
-    }
-}
-
 #[test]
 fn counters_equal_tshark_in_skb_mode() {
-    once_more("counters_equal_tshark_in_skb_mode", || run_mode("skb"));
+    run_mode("skb");
 }
 
 #[test]
 fn counters_equal_tshark_in_driver_mode() {
-    once_more("counters_equal_tshark_in_driver_mode", || run_mode("driver"));
+    run_mode("driver");
 }
 
 /// SIGKILL mid-upload, restart: the pinned links kept counting into the pinned maps, and the
 /// new agent swapped its programs in atomically. Not one byte lost.
 #[test]
 fn sigkill_mid_upload_loses_nothing() {
-    once_more("sigkill_mid_upload_loses_nothing", sigkill_once);
-}
-
-fn sigkill_once() {
     let topo = Topology::new(1500).expect("topology");
     let _srv = servers(&topo);
     let state = state_dir(&topo);

@@ -5,7 +5,8 @@
 /// `CLASS_COUNTERS`; a household has a handful of smart speakers.
 pub const MAX_DEVICES: u32 = 16;
 
-/// Flow table size (LRU). 65,536 concurrent TCP flows × 88 bytes ≈ 6 MiB of kernel memory:
+/// Flow table size (LRU). 65,536 concurrent TCP flows × 104 bytes (key and value) ≈ 7 MiB of
+/// kernel memory:
 /// an Echo keeps a few long-lived connections, so this leaves room for the whole household.
 pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
 
@@ -226,7 +227,14 @@ pub struct FlowState {
     pub unsynced_run: u32,
     pub flags: u8,
     pub _pad: [u8; 3],
+    pub _pad_lock: u32,
+    /// `FLOW_LOCK_HELD` while a program walks this flow (`echo-ebpf/src/flow_lock.rs`), else 0.
+    /// 64 bits: the only compare-and-exchange the programs' instruction set has.
+    pub lock: u64,
 }
+
+/// `FlowState::lock` of a flow a program is walking.
+pub const FLOW_LOCK_HELD: u64 = 1;
 
 /// Compile-time proof that the shared types have no implicit padding: each size equals the
 /// sum of its fields.
@@ -243,7 +251,7 @@ const _: () = {
     assert!(size_of::<DestStats>() == 13 * 8);
     assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
     assert!(size_of::<Walker>() == 4 + 1 + 1 + 1 + 1 + 4);
-    assert!(size_of::<FlowState>() == 2 * size_of::<Walker>() + 6 * 4 + 1 + 3);
+    assert!(size_of::<FlowState>() == 2 * size_of::<Walker>() + 6 * 4 + 1 + 3 + 4 + 8);
 };
 
 #[cfg(feature = "user")]

@@ -13,6 +13,7 @@ use echo_common::{
 };
 
 use crate::{
+    flow_lock,
     maps::{
         PendingDest, CLASS_COUNTERS, DEST_STATS, DEVICE_TABLE, EVENTS, EVENT_DROPS, FLOWS,
         MAP_INSERTS, PENDING_DESTS, SCRATCH,
@@ -183,7 +184,15 @@ fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey, coars
     }
     // Payload after a SYN (TCP Fast Open) starts one past the ISN.
     let seq = if seg.flags & tcp::SYN != 0 { seg.seq.wrapping_add(1) } else { seg.seq };
-    let Some(flow) = flow_state(&fkey, seq) else { return PacketClass::OtherTcp };
+    let Some(flow_ptr) = flow_state(&fkey, seq) else { return PacketClass::OtherTcp };
+    if !flow_lock::lock_flow(flow_ptr) {
+        // Another CPU held the flow past every try (see `flow_lock`): its bytes are not
+        // walked, so they count as unsynced, and the flow stays as the holder leaves it.
+        stats.unsynced_bytes += seg.payload_len as u64;
+        return PacketClass::OtherTcp;
+    }
+    // SAFETY: a valid map value pointer, which this program alone writes until it unlocks.
+    let flow = unsafe { &mut *flow_ptr };
     if P::DIRECTION == DIR_UPLOAD && flow.flags & FLOW_STREAM_START != 0 && seq == flow.main.next_hdr && seq == flow.seq_high {
         // The first bytes of a TLS stream the device opens: its ClientHello names the server.
         snippets::client_hello(pkt, key, seg.payload_off, seg.payload_len);
@@ -193,6 +202,7 @@ fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey, coars
     let s = Segment { seq, len: seg.payload_len, payload_off: seg.payload_off };
     let s = launder(s);
     tls_records::on_segment(flow, pkt, &s, &mut t);
+    flow_lock::unlock_flow(flow_ptr);
     let added = t.stats.tls_app_bytes.wrapping_sub(app_bytes);
     if added != 0 {
         emit(&Event {
@@ -219,20 +229,19 @@ fn account_tcp<P: Packet>(pkt: &P, l3: &L3, seg: &tcp::Tcp, key: &DestKey, coars
     }
 }
 
-/// The flow's state, created unsynced at `seq` when the flow's SYN was not seen.
+/// The flow's state, created unsynced at `seq` when the flow's SYN was not seen. A pointer:
+/// the caller takes the flow's lock (`flow_lock`) before it reads or writes the state.
 #[inline(always)]
-fn flow_state(key: &FlowKey, seq: u32) -> Option<&'static mut FlowState> {
+fn flow_state(key: &FlowKey, seq: u32) -> Option<*mut FlowState> {
     if let Some(p) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: a valid map value pointer; see the concurrency note in maps.rs.
-        return Some(unsafe { &mut *p });
+        return Some(p);
     }
     let mut fresh = FlowState::default();
     tls_records::on_pickup(&mut fresh, seq);
     if FLOWS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
         count_insert(INSERTS_FLOWS);
     }
-    // SAFETY: as above.
-    FLOWS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+    FLOWS.get_ptr_mut(key)
 }
 
 /// A new destination's counters, all zero, in .rodata. Inserting from here rather than

@@ -1,8 +1,12 @@
 //! Program entry points only; the work happens in `accounting`.
 #![no_std]
 #![no_main]
+// `core` has no atomic types for the BPF target: `flow_lock` uses the intrinsics.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod accounting;
+mod flow_lock;
 mod maps;
 mod markers;
 mod parse;

@@ -33,6 +33,11 @@
 //! walker takes the hole walker's position. So two swapped segments inside one record are
 //! exact, and so are swapped segments whose first holds a header whenever the second does not.
 //!
+//! Programs on several CPUs may get segments of one flow at the same moment; each walks a
+//! flow only while it holds the flow's lock (`crate::flow_lock`), so every segment sees the
+//! state the last one left. A segment whose flow stays held past the lock's bound is not
+//! walked: its bytes count as `unsynced_bytes` and the flow is left as it is.
+//!
 //! A flow seen from its SYN starts synced at `ISN + 1` with `FLOW_STREAM_START`; if its first
 //! bytes are not a record header it is not TLS (`FLOW_NOT_TLS`) and only TCP counters are
 //! kept. A flow first seen mid-stream (agent started during a connection) starts unsynced.
@@ -437,7 +442,7 @@ extern "C" fn resync_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 pub fn on_syn(f: &mut FlowState, isn: u32) {
     let first = isn.wrapping_add(1);
-    *f = FlowState::default();
+    reset(f);
     f.main.next_hdr = first;
     f.main.synced = 1;
     f.seq_high = first;
@@ -460,8 +465,14 @@ pub fn same_stream(f: Option<*const FlowState>, isn: u32) -> bool {
 /// A flow first seen in the middle of its stream: unsynced from `seq` on.
 #[inline(always)]
 pub fn on_pickup(f: &mut FlowState, seq: u32) {
-    *f = FlowState::default();
+    reset(f);
     f.seq_high = seq;
+}
+
+/// Forgets everything but the flow's lock, which its holder (the caller) keeps.
+#[inline(always)]
+fn reset(f: &mut FlowState) {
+    *f = FlowState { lock: f.lock, ..FlowState::default() };
 }
 
 /// Accounts one segment with payload. See the module documentation.

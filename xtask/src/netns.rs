@@ -169,10 +169,11 @@ impl Topology {
     }
 
     /// Gives a veth's receive side a NAPI context (by turning GRO on), as a NIC's receive
-    /// queue has: packets of one flow are then processed in order, by one CPU at a time.
-    /// Without it each veth hop hands packets to the sending CPU's backlog, so a flow whose
-    /// sender moves between CPUs is processed on two CPUs at once, out of order, which no
-    /// NIC with receive-side scaling does and which the flow table assumes does not happen.
+    /// queue has: packets of one flow are then mostly processed in order. Without it each
+    /// veth hop hands packets to the sending CPU's backlog, so a flow whose sender moves
+    /// between CPUs is processed on two CPUs at once and out of order far more often than
+    /// on a NIC with receive-side scaling. (Two CPUs still meet on one flow now and then
+    /// here; the programs' flow lock makes that exact, see `echo-ebpf/src/flow_lock.rs`.)
     fn napi(&self, ns: &str, dev: &str) -> Result<()> {
         self.exec_ok(ns, "ethtool", &["-K", dev, "gro", "on"])
     }
