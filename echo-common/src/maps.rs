@@ -229,7 +229,7 @@ pub struct FlowState {
     pub _pad: [u8; 3],
     pub _pad_lock: u32,
     /// `FLOW_LOCK_HELD` while a program walks this flow (`echo-ebpf/src/flow_lock.rs`), else 0.
-    /// 64 bits: the only compare-and-exchange the programs' instruction set has.
+    /// 64 bits: the width whose compare-and-exchange LLVM emits for the programs' target CPU.
     pub lock: u64,
 }
 
