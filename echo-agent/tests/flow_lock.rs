@@ -5,7 +5,7 @@
 
 use aya::maps::{HashMap, MapData};
 use echo_agent::{clock::Clock, counters, device::Mac, loader::Programs, testrun};
-use echo_common::{DestStats, FlowKey, FlowState, FLOW_LOCK_HELD, MAP_FLOWS};
+use echo_common::{DestStats, FlowKey, FlowState, FLOW_LOCK_HELD, MAP_FLOWS, PROTO_TCP};
 use xtask::packets::{one_record_upload, DEVICE_MAC};
 
 const DEVICES: [Mac; 1] = [Mac(DEVICE_MAC)];
@@ -32,7 +32,7 @@ fn set_lock(progs: &mut Programs, lock: u64) {
 
 fn tcp_stats(progs: &Programs) -> DestStats {
     let snap = counters::read(&progs.ebpf).unwrap();
-    let tcp: Vec<_> = snap.dests.iter().filter(|(k, _)| k.proto == 6).map(|(_, s)| *s).collect();
+    let tcp: Vec<_> = snap.dests.iter().filter(|(k, _)| k.proto == PROTO_TCP).map(|(_, s)| *s).collect();
     assert_eq!(tcp.len(), 1, "one TCP destination");
     tcp[0]
 }
