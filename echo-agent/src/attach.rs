@@ -13,6 +13,7 @@ use std::{
 use aya::programs::{
     links::{FdLink, PinnedLink},
     tc::SchedClassifierLink,
+    SchedClassifier,
     xdp::{XdpLink, XdpMode as KernelXdpMode},
     ProgramError, TcAttachType,
 };
@@ -21,10 +22,10 @@ use thiserror::Error;
 
 use crate::{
     loader::{has_errno, is_eperm, Programs},
-    pins::{link_ifindex, TC_LINK, XDP_LINK_DRIVER, XDP_LINK_SKB},
+    pins::{link_ifindex, TC_INGRESS_LINK, TC_LINK, XDP_LINK_DRIVER, XDP_LINK_SKB},
 };
 
-/// `--xdp-mode`.
+/// `--xdp-mode`: how the upload program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum XdpMode {
     /// Driver mode when the driver supports XDP, else skb (generic) mode. Wi-Fi drivers have
@@ -32,9 +33,18 @@ pub enum XdpMode {
     Auto,
     Skb,
     Driver,
+    /// No XDP: the upload program at TC ingress (TCX) instead, counting the same bytes. For
+    /// drivers without native XDP, where skb mode first copies every frame with less than
+    /// 256 bytes of headroom (BENCHMARKS.md measures both).
+    #[value(name = "tc-ingress")]
+    TcIngress,
 }
 
+/// The `mode` label of `echo_xdp_attached` (and `Links::xdp_mode`) for `XdpMode::TcIngress`.
+pub const TC_INGRESS_MODE: &str = "tc-ingress";
+
 impl XdpMode {
+    /// The XDP modes to try, in order: (label, kernel flag, link pin name).
     fn candidates(self) -> &'static [(&'static str, KernelXdpMode, &'static str)] {
         const DRIVER: (&str, KernelXdpMode, &str) = ("driver", KernelXdpMode::Driver, XDP_LINK_DRIVER);
         const SKB: (&str, KernelXdpMode, &str) = ("skb", KernelXdpMode::Skb, XDP_LINK_SKB);
@@ -42,6 +52,15 @@ impl XdpMode {
             XdpMode::Auto => &[DRIVER, SKB],
             XdpMode::Skb => &[SKB],
             XdpMode::Driver => &[DRIVER],
+            XdpMode::TcIngress => &[],
+        }
+    }
+
+    /// The link pins this mode may use; an upload pin of another mode is let go.
+    fn upload_pins(self) -> Vec<&'static str> {
+        match self {
+            XdpMode::TcIngress => vec![TC_INGRESS_LINK],
+            _ => self.candidates().iter().map(|c| c.2).collect(),
         }
     }
 }
@@ -56,8 +75,8 @@ pub enum AttachError {
     Xdp(String, &'static str, #[source] ProgramError),
     #[error("{0} has no native XDP support (its driver refused driver mode): use --xdp-mode skb or auto")]
     NoDriverMode(String),
-    #[error("cannot attach the TC egress program to {0}")]
-    Tc(String, #[source] ProgramError),
+    #[error("cannot attach the TC {1} program to {0}")]
+    Tc(String, &'static str, #[source] ProgramError),
     #[error("link on {0}: {1}")]
     Link(String, String),
     #[error("cannot pin link {0}: {1}")]
@@ -72,9 +91,10 @@ struct Held {
 
 /// Both programs attached to one interface.
 pub struct Links {
-    xdp: Held,
+    /// The upload program's link: XDP, or TC ingress.
+    upload: Held,
     tc: Held,
-    /// "driver" or "skb".
+    /// "driver", "skb" or `TC_INGRESS_MODE`.
     pub xdp_mode: &'static str,
     pub ifindex: u32,
     /// The links were already there (an earlier agent's) and got the new programs swapped in.
@@ -82,15 +102,15 @@ pub struct Links {
 }
 
 impl Links {
-    /// Where the XDP link is pinned.
-    pub fn xdp_pin(&self) -> PathBuf {
-        self.xdp.path.clone()
+    /// Where the upload program's link is pinned.
+    pub fn upload_pin(&self) -> PathBuf {
+        self.upload.path.clone()
     }
 
     /// Lets go of the links. `keep`: leave them pinned, so the programs stay attached and
     /// counting after this agent exits; otherwise unpin them, which detaches the programs.
     pub fn release(self, keep: bool) {
-        for held in [self.xdp, self.tc] {
+        for held in [self.upload, self.tc] {
             if !keep {
                 let _ = std::fs::remove_file(&held.path);
             }
@@ -107,12 +127,26 @@ pub fn ifindex(iface: &str) -> Option<u32> {
 }
 
 /// Attaches both programs to `iface`, reusing the links pinned in `dir` when they are still
-/// attached to this very interface (same ifindex), else attaching and pinning new ones.
+/// attached to this very interface (same ifindex), else attaching and pinning new ones. With
+/// `XdpMode::TcIngress` the upload program is echo_tc_up, which the caller has loaded
+/// (`Programs::load_tc_up`).
 pub fn attach(progs: &mut Programs, iface: &str, mode: XdpMode, dir: &Path) -> Result<Links, AttachError> {
     let index = ifindex(iface).ok_or_else(|| AttachError::NoSuchInterface(iface.to_string()))?;
-    let (xdp, xdp_mode, xdp_reused) = attach_xdp(progs, iface, index, mode, dir)?;
-    let (tc, tc_reused) = attach_tc(progs, iface, index, dir)?;
-    Ok(Links { xdp, tc, xdp_mode, ifindex: index, reused: xdp_reused && tc_reused })
+    // Upload pins of other modes are let go first, so the interface can take the new mode
+    // and no frame is counted by two upload programs.
+    for pin_name in [XDP_LINK_DRIVER, XDP_LINK_SKB, TC_INGRESS_LINK] {
+        if !mode.upload_pins().contains(&pin_name) {
+            let _ = std::fs::remove_file(dir.join(pin_name));
+        }
+    }
+    let (upload, xdp_mode, upload_reused) = if mode == XdpMode::TcIngress {
+        let (held, reused) = attach_tc(progs.tc_up_mut(), iface, index, &dir.join(TC_INGRESS_LINK), TcAttachType::Ingress)?;
+        (held, TC_INGRESS_MODE, reused)
+    } else {
+        attach_xdp(progs, iface, index, mode, dir)?
+    };
+    let (tc, tc_reused) = attach_tc(progs.tc_mut(), iface, index, &dir.join(TC_LINK), TcAttachType::Egress)?;
+    Ok(Links { upload, tc, xdp_mode, ifindex: index, reused: upload_reused && tc_reused })
 }
 
 /// The pinned link at `path` when it is alive on `index`; any other pin there is removed.
@@ -144,12 +178,6 @@ fn attach_xdp(
     mode: XdpMode,
     dir: &Path,
 ) -> Result<(Held, &'static str, bool), AttachError> {
-    // Pins of modes not asked for are let go, so the interface can take the new mode.
-    for (_, _, pin_name) in XdpMode::Auto.candidates() {
-        if !mode.candidates().iter().any(|c| c.2 == *pin_name) {
-            let _ = std::fs::remove_file(dir.join(pin_name));
-        }
-    }
     for &(name, _, pin_name) in mode.candidates() {
         let path = dir.join(pin_name);
         if let Some(old) = reusable(&path, index) {
@@ -180,19 +208,18 @@ fn attach_xdp(
     Err(last.expect("every mode has a candidate"))
 }
 
-fn attach_tc(progs: &mut Programs, iface: &str, index: u32, dir: &Path) -> Result<(Held, bool), AttachError> {
-    let path = dir.join(TC_LINK);
-    let tc = progs.tc_mut();
-    let err = |e| AttachError::Tc(iface.to_string(), e);
-    if let Some(old) = reusable(&path, index) {
+fn attach_tc(tc: &mut SchedClassifier, iface: &str, index: u32, path: &Path, at: TcAttachType) -> Result<(Held, bool), AttachError> {
+    let side = if at == TcAttachType::Ingress { "ingress" } else { "egress" };
+    let err = |e| AttachError::Tc(iface.to_string(), side, e);
+    if let Some(old) = reusable(path, index) {
         let link = SchedClassifierLink::try_from(old).map_err(|e| link_err(iface, e))?;
         let id = tc.attach_to_link(link).map_err(err)?;
         let link = FdLink::try_from(tc.take_link(id).map_err(err)?).map_err(|e| link_err(iface, e))?;
-        return Ok((Held { link, path }, true));
+        return Ok((Held { link, path: path.to_path_buf() }, true));
     }
     // Kernels from 6.6 attach through TCX, a BPF link: no clsact qdisc needed.
-    let id = tc.attach(iface, TcAttachType::Egress).map_err(|e| if is_eperm(&e) { AttachError::Privileges } else { err(e) })?;
+    let id = tc.attach(iface, at).map_err(|e| if is_eperm(&e) { AttachError::Privileges } else { err(e) })?;
     let link = FdLink::try_from(tc.take_link(id).map_err(err)?).map_err(|e| link_err(iface, e))?;
-    let link = pin(link, &path)?;
-    Ok((Held { link, path }, false))
+    let link = pin(link, path)?;
+    Ok((Held { link, path: path.to_path_buf() }, false))
 }

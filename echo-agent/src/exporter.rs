@@ -73,7 +73,7 @@ const METRICS: &[(&str, &str, Kind, &[&str])] = &[
     ("echo_unsynced_bytes_total", "TCP payload bytes of TLS flows whose record boundaries were not known.", Kind::Counter, &["device", "direction"]),
     ("echo_packets_total", "Packets by class.", Kind::Counter, &["device", "direction", "class"]),
     ("echo_marker_pings_total", "Echo requests to marker addresses.", Kind::Counter, &["role"]),
-    ("echo_xdp_attached", "1 when the XDP (upload) program is attached.", Kind::Gauge, &["iface", "mode"]),
+    ("echo_xdp_attached", "1 when the upload program is attached: XDP in mode driver or skb, or at TC ingress (mode tc-ingress).", Kind::Gauge, &["iface", "mode"]),
     ("echo_tc_attached", "1 when the TC egress (download) program is attached.", Kind::Gauge, &["iface"]),
     ("echo_map_entries", "Live entries of the programs' LRU maps.", Kind::Gauge, &["map"]),
     ("echo_map_evictions_total", "Entries pushed out of the programs' LRU maps.", Kind::Counter, &["map"]),

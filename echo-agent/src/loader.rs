@@ -25,6 +25,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ec
 pub const XDP_PROGRAM: &str = "echo_xdp";
 /// Name of the TC egress (download) program in the object.
 pub const TC_PROGRAM: &str = "echo_tc";
+/// Name of the TC ingress upload program in the object, echo_xdp's stand-in with
+/// `--xdp-mode tc-ingress`: loaded only then (`Programs::load_tc_up`).
+pub const TC_UPLOAD_PROGRAM: &str = "echo_tc_up";
 /// Name of the program that folds a CPU's pending destination counts into `DEST_STATS`
 /// (`fold`): loaded with the maps, never attached, run on each CPU before a read.
 pub const FOLD_PROGRAM: &str = "echo_fold";
@@ -289,6 +292,19 @@ impl Programs {
 
     pub fn tc_mut(&mut self) -> &mut SchedClassifier {
         self.ebpf.program_mut(TC_PROGRAM).expect("loaded").try_into().expect("classifier")
+    }
+
+    /// Loads echo_tc_up into the kernel, once (`--xdp-mode tc-ingress`).
+    pub fn load_tc_up(&mut self) -> Result<(), LoadError> {
+        let tc = self.tc_up_mut();
+        if tc.fd().is_ok() {
+            return Ok(());
+        }
+        tc.load().map_err(|e| program_err(TC_UPLOAD_PROGRAM, e))
+    }
+
+    pub fn tc_up_mut(&mut self) -> &mut SchedClassifier {
+        self.ebpf.program_mut(TC_UPLOAD_PROGRAM).expect("the object defines echo_tc_up").try_into().expect("classifier")
     }
 
     fn map_mut(&mut self, name: &'static str) -> &mut Map {

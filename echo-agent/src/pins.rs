@@ -26,6 +26,8 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/echo-agent/v1";
 pub const XDP_LINK_DRIVER: &str = "link_xdp_driver";
 pub const XDP_LINK_SKB: &str = "link_xdp_skb";
 pub const TC_LINK: &str = "link_tc";
+/// The upload program's link at TC ingress (`--xdp-mode tc-ingress`).
+pub const TC_INGRESS_LINK: &str = "link_tc_ingress";
 
 /// Maps shared by successive agents (all but the scratch space).
 pub const PINNED_MAPS: &[&str] = &[

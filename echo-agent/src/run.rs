@@ -22,13 +22,13 @@ use thiserror::Error;
 
 use crate::{
     api::Web,
-    attach::{self, Links},
+    attach::{self, Links, XdpMode},
     cli::RunArgs,
     events,
     exporter::{Health, MapCollector},
     live::Live,
     store::Store,
-    loader::{Programs, XDP_PROGRAM, TC_PROGRAM},
+    loader::{Programs, TC_PROGRAM, TC_UPLOAD_PROGRAM, XDP_PROGRAM},
     netlink, pins,
 };
 
@@ -86,10 +86,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         None
     };
 
-    let program_ids = vec![
+    let mut program_ids = vec![
         (XDP_PROGRAM, progs.xdp().info().map(|i| i.id()).unwrap_or(0)),
         (TC_PROGRAM, progs.tc().info().map(|i| i.id()).unwrap_or(0)),
     ];
+    if args.xdp_mode == XdpMode::TcIngress {
+        progs.load_tc_up()?;
+        program_ids.push((TC_UPLOAD_PROGRAM, progs.tc_up_mut().info().map(|i| i.id()).unwrap_or(0)));
+    }
     let health = Arc::new(Health::new(&args.iface, program_ids, args.bpf_stats));
     let mut links = Some(attach_logged(&mut progs, &args, &dir, &health)?);
 
@@ -134,10 +138,10 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 fn attach_logged(progs: &mut Programs, args: &RunArgs, dir: &std::path::Path, health: &Health) -> Result<Links> {
     let links = attach::attach(progs, &args.iface, args.xdp_mode, dir)?;
+    let upload = if links.xdp_mode == attach::TC_INGRESS_MODE { "TC ingress".to_string() } else { format!("XDP ({} mode)", links.xdp_mode) };
     log(format!(
-        "{} XDP ({} mode) and TC egress on {} (ifindex {}); pins in {}",
+        "{} {upload} and TC egress on {} (ifindex {}); pins in {}",
         if links.reused { "took over" } else { "attached" },
-        links.xdp_mode,
         args.iface,
         links.ifindex,
         dir.display()
@@ -160,7 +164,7 @@ fn follow_interface(
 ) {
     let now_index = attach::ifindex(&args.iface);
     if let Some(l) = links {
-        let alive = now_index == Some(l.ifindex) && pins::link_ifindex(&l.xdp_pin()) == Some(l.ifindex);
+        let alive = now_index == Some(l.ifindex) && pins::link_ifindex(&l.upload_pin()) == Some(l.ifindex);
         if alive {
             return;
         }

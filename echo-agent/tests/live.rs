@@ -102,7 +102,8 @@ fn run_mode(mode: &str) {
     // Each response is RESPONSE bytes of plaintext plus per-record overhead.
     assert!(down > 4 * RESPONSE as u64, "{name}: the servers' responses");
     eprintln!("{name}: upload {up} B, download {down} B, difference 0");
-    for program in ["echo_xdp", "echo_tc"] {
+    let upload_program = if mode == "tc-ingress" { "echo_tc_up" } else { "echo_xdp" };
+    for program in [upload_program, "echo_tc"] {
         let runs = m.value("echo_bpf_runs_total", &[("program", program)]);
         let secs = m.value("echo_bpf_run_seconds_total", &[("program", program)]);
         eprintln!("{name}: {program} ran {runs} times, {:.0} ns per run", secs * 1e9 / runs);
@@ -152,6 +153,45 @@ fn counters_equal_tshark_in_skb_mode() {
 #[test]
 fn counters_equal_tshark_in_driver_mode() {
     run_mode("driver");
+}
+
+/// The upload program at TC ingress instead of XDP (`--xdp-mode tc-ingress`).
+#[test]
+fn counters_equal_tshark_at_tc_ingress() {
+    run_mode("tc-ingress");
+}
+
+/// An agent left attached in skb mode, then one started with `--xdp-mode tc-ingress` over the
+/// same pins: the XDP link is let go (no frame counted twice), TC ingress takes over, and the
+/// counters carry on, equal to tshark's over both agents' traffic.
+#[test]
+fn switching_from_xdp_to_tc_ingress_keeps_counting() {
+    let topo = Topology::new(1500).expect("topology");
+    let _srv = servers(&topo);
+    let state = state_dir(&topo);
+    let dir = Path::new("/sys/fs/bpf/echo-agent/v1").join(&topo.hotspot_lan_if);
+    let cap = Capture::start(&topo, &topo.hotspot_ns, &topo.hotspot_lan_if, "switch").expect("tcpdump");
+    let mut first = Agent::start(Path::new(BIN), &topo, &["--device", &device_flag(), "--xdp-mode", "skb", "--keep-attached", "--state-dir", &state]).expect("agent");
+    let c = upload(&topo, tls_addr(server_v4(0)), Version::Tls13, vec![20_000; 4], Duration::ZERO);
+    assert_eq!(c.join().unwrap().expect("client"), RESPONSE);
+    assert_eq!(first.terminate().unwrap().code(), Some(0));
+    assert!(dir.join("link_xdp_skb").exists(), "left attached");
+    let second = Agent::start(Path::new(BIN), &topo, &["--device", &device_flag(), "--xdp-mode", "tc-ingress", "--state-dir", &state]).expect("agent");
+    assert!(second.log_text().contains("attached TC ingress and TC egress"), "{}", second.log_text());
+    assert!(!dir.join("link_xdp_skb").exists() && dir.join("link_tc_ingress").exists());
+    let link = topo.cmd(&topo.hotspot_ns, "ip").args(["link", "show", "dev", &topo.hotspot_lan_if]).output().unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains(&topo.hotspot_lan_if), "{link}");
+    assert!(!link.contains("xdp"), "no XDP program left on the interface: {link}");
+    let c = upload(&topo, tls_addr(server_v6(1)), Version::Tls12, vec![30_000; 3], Duration::ZERO);
+    assert_eq!(c.join().unwrap().expect("client"), RESPONSE);
+    thread::sleep(Duration::from_millis(300));
+    let pcap = cap.stop().expect("capture");
+    let m = second.scrape().unwrap();
+    assert_eq!(m.value("echo_xdp_attached", &[("mode", "tc-ingress")]), 1.0);
+    let (up, down) = assert_equal_to_tshark("switch", &m, &pcap, &topo.drops());
+    eprintln!("switch: upload {up} B, download {down} B across XDP then TC ingress, difference 0");
+    cleanup(&pcap);
 }
 
 /// SIGKILL mid-upload, restart: the pinned links kept counting into the pinned maps, and the

@@ -118,17 +118,13 @@ fn account_ip<P: Packet>(pkt: &P, l3: &L3, device: u32, direction: u8) -> Packet
         touch::<P>(&key, now, frame_len);
         return PacketClass::Other;
     }
-    // At XDP the transport parsers read their header in place when it sits at its usual
-    // offset, a branch on the offset. The verifier would follow everything after that branch
-    // once per layer-3 parse path (VLAN tags, IP options, IPv6 extension headers): 440,000
-    // instructions instead of 150,000. Through `forget`, those paths converge first. TC
-    // copies every header, so has no such branch and skips the round trip.
-    let (l4_off, l3_end, frame_len) = if P::READS_IN_PLACE {
-        let [l4_off, l3_end, frame_len] = forget([l3.l4_off as u32, l3.l3_end as u32, frame_len as u32]);
-        (l4_off as usize, l3_end as usize, frame_len as usize)
-    } else {
-        (l3.l4_off, l3.l3_end, frame_len)
-    };
+    // The transport parsers read their header in place when it sits at its usual offset
+    // (`Packet::read_usual`), a branch on the offset. The verifier would follow everything
+    // after that branch once per layer-3 parse path (VLAN tags, IP options, IPv6 extension
+    // headers): 440,000 instructions instead of 150,000 for echo_xdp. Through `forget`,
+    // those paths converge first.
+    let [l4_off, l3_end, frame_len] = forget([l3.l4_off as u32, l3.l3_end as u32, frame_len as u32]);
+    let (l4_off, l3_end, frame_len) = (l4_off as usize, l3_end as usize, frame_len as usize);
     match l3.proto {
         PROTO_TCP => {
             let Some(seg) = tcp::parse(pkt, l4_off, l3_end, frame_len) else { return PacketClass::Other };

@@ -32,7 +32,17 @@ pub fn echo_xdp(ctx: XdpContext) -> u32 {
 /// (TC_ACT_UNSPEC, TCX_NEXT), so the frame goes on to any later program and out unchanged.
 #[classifier]
 pub fn echo_tc(ctx: TcContext) -> i32 {
-    accounting::account(&parse::TcPacket { skb: ctx.skb.skb });
+    accounting::account(&parse::TcEgress { skb: ctx.skb.skb });
+    TC_ACT_UNSPEC
+}
+
+/// Uploads at TC ingress instead of XDP (`--xdp-mode tc-ingress`): the same accounting as
+/// echo_xdp, on the skb as it is. For drivers without native XDP (every Wi-Fi driver), where
+/// skb-mode XDP first copies every frame that has less than 256 bytes of headroom or is not
+/// linear (every GRO super-packet). Returns "no opinion", like echo_tc.
+#[classifier]
+pub fn echo_tc_up(ctx: TcContext) -> i32 {
+    accounting::account(&parse::TcIngress { skb: ctx.skb.skb });
     TC_ACT_UNSPEC
 }
 

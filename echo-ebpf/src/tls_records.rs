@@ -176,13 +176,13 @@ fn low_bytes(bytes: u32) -> u64 {
 /// (a length the verifier sees bounded, 1 to 5) and shifts, not a branch per split point:
 /// branches inside the walk's loop body multiply the states the verifier explores. A whole
 /// header at the start of a usual segment's payload (a record starting a segment, as small
-/// records do) is read in place at XDP, a helper call less (~20 ns); only in a walk's `FIRST`
-/// step, since the branch adds states wherever it is verified. Its bytes pass through
+/// records do) is read in place (`Packet::read_usual`), a helper call less (~20 ns); only in
+/// a walk's `FIRST` step, since the branch adds states wherever it is verified. Its bytes pass through
 /// `forget`, so that the states after either read converge: loading the programs took
 /// 0.35 s without it, 0.28 s with it, 0.24 s with no in-place read (a replay's start-up).
 #[inline(always)]
 fn complete_header<P: Packet, const FIRST: bool>(w: &Walker, pkt: &P, off: usize) -> Option<[u8; 5]> {
-    if P::READS_IN_PLACE && FIRST && w.hdr_have == 0 {
+    if FIRST && w.hdr_have == 0 {
         let h = pkt.read_usual::<[u8; 5], USUAL_PAYLOAD_OFF>(off)?;
         let [a, b, _] = crate::accounting::forget([u32::from_le_bytes([h[0], h[1], h[2], h[3]]), h[4] as u32, 0]);
         let a = a.to_le_bytes();

@@ -1,6 +1,7 @@
 //! The live path: a UDP flood at the highest rate one sender thread reaches, from a
 //! namespace whose interface has the monitored device's MAC, over a veth pair into a
-//! namespace where echo-agent is attached (skb or driver mode) or not (the baseline).
+//! namespace where echo-agent is attached (skb or driver mode, or at TC ingress) or not (the
+//! baseline).
 //! The rate is what the receiver's stack processed (UDP NoPorts), and CPU is the busy share
 //! of all cores, both over the same interval.
 
@@ -20,7 +21,7 @@ use anyhow::{Context as _, Result};
 use echo_agent::{
     clock::Clock,
     device::Mac,
-    loader::{BASELINE_PROGRAM, XDP_PROGRAM},
+    loader::{BASELINE_PROGRAM, TC_UPLOAD_PROGRAM, XDP_PROGRAM},
 };
 use xtask::{
     netns::{ip, nsenter, spawn_in},
@@ -142,9 +143,16 @@ pub fn run(scale: Scale) -> Result<String> {
     // within seconds, so more pairs settle a median more than longer floods do.
     let (rounds, secs) = if scale.quick { (scale.rounds, 2.0) } else { (scale.rounds * 2, 3.0) };
     let mut out = format!("## Live path: UDP flood from the device over a veth pair\n\n{rounds} rounds of {secs} s floods.\n\n| program | packets/s processed | ratio to no program | CPU busy (all cores) | kernel CPU ns/packet | program ns/run (BPF stats) |\n|---|---|---|---|---|---|\n");
-    let names = ["none (baseline)", "pass-only XDP program, skb mode", "echo_xdp alone (no agent process), skb mode", "echo-agent, skb mode", "echo-agent, driver mode"];
-    // The XDP program each configuration attaches, whose run time the kernel reports.
-    let programs = [None, Some(BASELINE_PROGRAM), Some(XDP_PROGRAM), Some(XDP_PROGRAM), Some(XDP_PROGRAM)];
+    let names = [
+        "none (baseline)",
+        "pass-only XDP program, skb mode",
+        "echo_xdp alone (no agent process), skb mode",
+        "echo-agent, skb mode",
+        "echo-agent, driver mode",
+        "echo-agent, TC ingress (`--xdp-mode tc-ingress`)",
+    ];
+    // The upload program each configuration attaches, whose run time the kernel reports.
+    let programs = [None, Some(BASELINE_PROGRAM), Some(XDP_PROGRAM), Some(XDP_PROGRAM), Some(XDP_PROGRAM), Some(TC_UPLOAD_PROGRAM)];
     // Each program's runs, one a round (the baseline's, one more).
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); names.len()];
     let t0 = Instant::now();
@@ -163,7 +171,7 @@ pub fn run(scale: Scale) -> Result<String> {
             attached.stop()?;
             r?;
         }
-        for (k, mode) in [(3, "skb"), (4, "driver")] {
+        for (k, mode) in [(3, "skb"), (4, "driver"), (5, "tc-ingress")] {
             let mut agent = nsenter(&p.sink)
                 .arg(BIN)
                 .args(["run", "--iface", &p.sink_if, "--device", &Mac(DEVICE_MAC).to_string(), "--xdp-mode", mode, "--web.listen-address", "127.0.0.1:9979", "--state-dir"])
@@ -183,7 +191,7 @@ pub fn run(scale: Scale) -> Result<String> {
     flood_at(0)?;
     let _ = std::fs::remove_dir_all(&state);
     let ratios: Vec<Vec<f64>> = runs.iter().map(|r| r.iter().enumerate().map(|(i, x)| x.pps / baseline_at(&runs[0], i.min(runs[0].len() - 2), x.at)).collect()).collect();
-    let (hook_ratio, skb_ratio) = (spread(ratios[1].clone()).1, spread(ratios[3].clone()).1);
+    let (hook_ratio, skb_ratio, tc_ratio) = (spread(ratios[1].clone()).1, spread(ratios[3].clone()).1, spread(ratios[5].clone()).1);
     // Configuration k's min / median / max of one figure.
     let col = |k: usize, f: fn(&Run) -> f64| spread(runs[k].iter().map(f).collect());
     for (k, name) in names.iter().enumerate() {
@@ -196,10 +204,11 @@ pub fn run(scale: Scale) -> Result<String> {
     let (program_ns, packet_ns) = (median(3, |r| r.run_ns) - median(1, |r| r.run_ns), 1e9 / median(0, |r| r.pps));
     let _ = writeln!(
         out,
-        "\nA veth hands the packet to the receiving stack on the sending CPU, so sender and receiver share one core (CPU busy 0.5 of 2): the program's cost lowers the rate directly, and the kernel CPU per packet (sender's syscall included) shows it. The program's run time comes from the kernel's BPF statistics (`BPF_ENABLE_STATS`), on for {STATS_SECS} s after each measured interval only, since they add two clock reads to every run (the pass-only program's figure is mostly those). In the agent in skb mode, `echo_xdp` ran {program_ns:.0} ns longer than the pass-only program (medians): {:.1}% of a packet's {packet_ns:.0} ns at the no-program rate, so the program alone would leave {:.1}% of that rate. Each ratio is to the no-program rate interpolated, at the run's middle, between the round's baseline run and the next one's (one more closes the last round). The pass-only program (`echo_baseline`, attached in skb mode) shows what the generic XDP hook costs by itself: {:.1}% of the no-program rate; `echo_xdp` attached alone (loaded by the bench, the flood's MAC monitored, no agent process) what the program costs without the agent around it. Goal: ≥ 95% of the no-program rate in skb mode: median {:.1}%, {}.\n",
+        "\nA veth hands the packet to the receiving stack on the sending CPU, so sender and receiver share one core (CPU busy 0.5 of 2): the program's cost lowers the rate directly, and the kernel CPU per packet (sender's syscall included) shows it. The program's run time comes from the kernel's BPF statistics (`BPF_ENABLE_STATS`), on for {STATS_SECS} s after each measured interval only, since they add two clock reads to every run (the pass-only program's figure is mostly those). In the agent in skb mode, `echo_xdp` ran {program_ns:.0} ns longer than the pass-only program (medians): {:.1}% of a packet's {packet_ns:.0} ns at the no-program rate, so the program alone would leave {:.1}% of that rate. Each ratio is to the no-program rate interpolated, at the run's middle, between the round's baseline run and the next one's (one more closes the last round). The pass-only program (`echo_baseline`, attached in skb mode) shows what the generic XDP hook costs by itself: {:.1}% of the no-program rate; `echo_xdp` attached alone (loaded by the bench, the flood's MAC monitored, no agent process) what the program costs without the agent around it. With `--xdp-mode tc-ingress` the agent counts uploads at TC ingress instead of XDP (echo_tc_up): no copy of the frame first, headers read in place from the skb's linear area as XDP reads them: median {:.1}% of the no-program rate. Goal: ≥ 95% of the no-program rate in skb mode: median {:.1}%, {}.\n",
         program_ns / packet_ns * 100.0,
         packet_ns / (packet_ns + program_ns) * 100.0,
         hook_ratio * 100.0,
+        tc_ratio * 100.0,
         skb_ratio * 100.0,
         goal(skb_ratio >= 0.95)
     );

@@ -28,13 +28,10 @@ use aya_ebpf::{
 /// pointer), so copies are what lets the agent run with CAP_BPF and CAP_NET_ADMIN alone. The
 /// helper checks offset and length against the packet itself.
 pub trait Packet: Copy {
-    /// The direction every packet of this hook travels: `DIR_UPLOAD` at XDP (ingress from the
-    /// devices), `DIR_DOWNLOAD` at TC egress. A constant, so each program carries only its
-    /// direction's code.
+    /// The direction every packet of this hook travels: `DIR_UPLOAD` at XDP or TC ingress
+    /// (from the devices), `DIR_DOWNLOAD` at TC egress. A constant, so each program carries
+    /// only its direction's code.
     const DIRECTION: u8;
-    /// Whether `read_head` and `read_usual` read the packet in place (XDP) rather than
-    /// through the helper's copy like every other read (TC).
-    const READS_IN_PLACE: bool = false;
     /// Reads a `T` at `off`, or `None` when it does not fit in the packet.
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Option<T> {
@@ -43,18 +40,15 @@ pub trait Packet: Copy {
         self.load_into(off, v.as_mut_ptr() as *mut u8, core::mem::size_of::<T>() as u32).then(|| unsafe { v.assume_init() })
     }
     /// Reads a `T` at the constant offset `OFF` (the Ethernet header, which every frame's
-    /// first check reads): XDP reads it in place, which costs less than a helper call and
-    /// needs only immediate offsets, which the verifier accepts without CAP_PERFMON.
-    #[inline(always)]
-    fn read_head<T: Copy, const OFF: usize>(&self) -> Option<T> {
-        self.read(OFF)
-    }
+    /// first check reads) in place, which costs less than a helper call and needs only
+    /// immediate offsets, which the verifier accepts without CAP_PERFMON.
+    fn read_head<T: Copy, const OFF: usize>(&self) -> Option<T>;
     /// Reads a `T` at `off`, where `USUAL` is the offset the header has in most frames (no
-    /// VLAN tag, no IP options or extension headers): XDP reads it in place there, since a
-    /// helper call costs ~20 ns.
+    /// VLAN tag, no IP options or extension headers): in place there, since a helper call
+    /// costs ~20 ns, through the helper elsewhere.
     #[inline(always)]
     fn read_usual<T: Copy, const USUAL: usize>(&self, off: usize) -> Option<T> {
-        self.read(off)
+        if off == USUAL { self.read_head::<T, USUAL>() } else { self.read(off) }
     }
     /// Copies `buf.len()` bytes at `off` into `buf` (a small stack buffer, so the offset can be
     /// a variable without pointer arithmetic the verifier has to follow).
@@ -83,11 +77,12 @@ pub extern "C" fn echo_walk_loop_xdp(ctx: *mut xdp_md, w: *mut Walker, stats: *m
     tls_records::walk_loop_global(&XdpPacket { ctx }, w, stats, seg_at, span)
 }
 
-/// echo_tc's record walk loop, a global function (see `Packet::walk_loop`).
+/// echo_tc's and echo_tc_up's record walk loop, a global function (see `Packet::walk_loop`).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn echo_walk_loop_tc(skb: *mut __sk_buff, w: *mut Walker, stats: *mut DestStats, seg_at: u64, span: u64) -> u64 {
-    tls_records::walk_loop_global(&TcPacket { skb }, w, stats, seg_at, span)
+    // The walk reads and counts the same way in either direction.
+    tls_records::walk_loop_global(&TcEgress { skb }, w, stats, seg_at, span)
 }
 
 /// The alignment a frame's first byte is known to have: drivers start frames at
@@ -97,6 +92,21 @@ pub extern "C" fn echo_walk_loop_tc(skb: *mut __sk_buff, w: *mut Walker, stats: 
 /// started at 2).
 const HEAD_ALIGN: usize = 2;
 
+/// Reads a `T` at the constant offset `OFF` of the bytes from `start` (a packet pointer) to
+/// `end` (the packet end pointer), or `None` when it does not fit.
+#[inline(always)]
+fn read_in_place<T: Copy, const OFF: usize>(start: usize, end: usize) -> Option<T> {
+    if start + OFF + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    let p = (start + OFF) as *const T;
+    // SAFETY: bounds checked right above; the verifier checks it again. An aligned read
+    // when `OFF` is a multiple of `T`'s alignment and that is at most 2 (see
+    // `HEAD_ALIGN`): one load of the width instead of a byte load per byte, which is all
+    // LLVM emits for an unaligned one.
+    Some(unsafe { if align_of::<T>() <= HEAD_ALIGN && OFF % align_of::<T>() == 0 { p.read() } else { p.read_unaligned() } })
+}
+
 /// An XDP frame. Holds the context pointer by value so that `bpf_loop` callbacks can carry it.
 #[derive(Clone, Copy)]
 pub struct XdpPacket {
@@ -105,26 +115,12 @@ pub struct XdpPacket {
 
 impl Packet for XdpPacket {
     const DIRECTION: u8 = echo_common::DIR_UPLOAD;
-    const READS_IN_PLACE: bool = true;
 
     #[inline(always)]
     fn read_head<T: Copy, const OFF: usize>(&self) -> Option<T> {
         // SAFETY: the context the kernel handed to the program.
         let (start, end) = unsafe { ((*self.ctx).data as usize, (*self.ctx).data_end as usize) };
-        if start + OFF + core::mem::size_of::<T>() > end {
-            return None;
-        }
-        let p = (start + OFF) as *const T;
-        // SAFETY: bounds checked right above; the verifier checks it again. An aligned read
-        // when `OFF` is a multiple of `T`'s alignment and that is at most 2 (see
-        // `HEAD_ALIGN`): one load of the width instead of a byte load per byte, which is all
-        // LLVM emits for an unaligned one.
-        Some(unsafe { if align_of::<T>() <= HEAD_ALIGN && OFF % align_of::<T>() == 0 { p.read() } else { p.read_unaligned() } })
-    }
-
-    #[inline(always)]
-    fn read_usual<T: Copy, const USUAL: usize>(&self, off: usize) -> Option<T> {
-        if off == USUAL { self.read_head::<T, USUAL>() } else { self.read(off) }
+        read_in_place::<T, OFF>(start, end)
     }
 
     #[inline(always)]
@@ -159,15 +155,29 @@ impl Packet for XdpPacket {
     }
 }
 
-/// A socket buffer at TC. `bpf_skb_load_bytes` also reaches a GSO super-packet's payload,
-/// which lies mostly outside the linear area.
+/// A socket buffer at TC, travelling in `DIRECTION`: `DIR_DOWNLOAD` at egress (echo_tc),
+/// `DIR_UPLOAD` at ingress (echo_tc_up, `--xdp-mode tc-ingress`). `bpf_skb_load_bytes` also
+/// reaches a GSO or GRO super-packet's payload, which lies mostly outside the linear area.
 #[derive(Clone, Copy)]
-pub struct TcPacket {
+pub struct TcPacket<const DIRECTION: u8> {
     pub skb: *mut __sk_buff,
 }
 
-impl Packet for TcPacket {
-    const DIRECTION: u8 = echo_common::DIR_DOWNLOAD;
+/// Downloads, at TC egress.
+pub type TcEgress = TcPacket<{ echo_common::DIR_DOWNLOAD }>;
+/// Uploads, at TC ingress.
+pub type TcIngress = TcPacket<{ echo_common::DIR_UPLOAD }>;
+
+impl<const D: u8> Packet for TcPacket<D> {
+    const DIRECTION: u8 = D;
+    /// In place when the bytes lie in the skb's linear area (the headers, almost always),
+    /// else through the helper's copy, which also reaches the paged part.
+    #[inline(always)]
+    fn read_head<T: Copy, const OFF: usize>(&self) -> Option<T> {
+        // SAFETY: the context the kernel handed to the program.
+        let (start, end) = unsafe { ((*self.skb).data as usize, (*self.skb).data_end as usize) };
+        read_in_place::<T, OFF>(start, end).or_else(|| self.read(OFF))
+    }
 
     #[inline(always)]
     fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
