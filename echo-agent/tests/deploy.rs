@@ -104,6 +104,55 @@ fn cap_mask(caps: &[String]) -> u64 {
         .fold(0u64, |m, bit| m | 1 << bit)
 }
 
+/// The pin directory and a state directory, owned by the unprivileged user the agent runs as
+/// (the unit's `install -d` and `StateDirectory=` do the same); returns the state directory.
+fn unprivileged_dirs(topo: &Topology) -> PathBuf {
+    let pins = Path::new("/sys/fs/bpf/echo-agent/v1").join(&topo.hotspot_lan_if);
+    let state = xtask::agent::state_dir(&format!("{}-caps", topo.id));
+    for d in [&pins, &state] {
+        std::fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    state
+}
+
+/// One command of the simulated Echo to `server`: the agent finds its interaction, with the
+/// simulated Echo's upload bytes, and counts every upload byte.
+fn counts_one_command(topo: &Topology, agent: &Agent, server: std::net::SocketAddr) {
+    let house = Household { lead_in: Duration::from_secs(2), commands: 1, muted_upload: false, trickle: false, ..Default::default() };
+    let hooks = Hooks::controller(topo, Box::new(|_| Ok(())), Arc::new(AtomicBool::new(false)));
+    let truth = echo_sim::run(topo, server, house.plan(), hooks).unwrap().join().unwrap().expect("simulated Echo");
+    thread::sleep(Duration::from_millis(3_000));
+    let r = agent.get("/api/interactions").unwrap();
+    let found: Vec<Value> = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(found.len(), 1, "{}", r.body);
+    assert_eq!(found[0]["upload_bytes"], truth.commands[0].upload_bytes);
+    let m = agent.scrape().unwrap();
+    let total = truth.commands[0].upload_bytes + truth.heartbeat_bytes + truth.protocol_bytes;
+    assert_eq!(m.value("echo_upload_tls_bytes_total", &[("device", DEVICE)]) as u64, total);
+}
+
+/// `--xdp-mode tc-ingress` with the unit's capabilities alone: the verifier takes echo_tc_up
+/// (its in-place reads at constant offsets) without CAP_PERFMON, TCX attaches it, and it
+/// counts as echo_xdp does.
+#[test]
+fn tc_ingress_runs_with_the_units_capabilities() {
+    let caps = unit_capabilities(&unit_text());
+    let topo = Topology::new(1500).expect("topology");
+    let server = tls_addr(server_v4(0));
+    let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
+    let state = unprivileged_dirs(&topo);
+    let args = ["--device".to_string(), format!("{}={DEVICE}", Mac(DEVICE_MAC)), "--xdp-mode".into(), "tc-ingress".into(), "--state-dir".into(), state.display().to_string()];
+    let wrap = setpriv(&caps);
+    let agent = Agent::start_wrapped(Path::new(BIN), &topo, &wrap.iter().map(String::as_str).collect::<Vec<_>>(), &args.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");
+    let m = agent.scrape().unwrap();
+    assert_eq!(m.value("echo_xdp_attached", &[("mode", "tc-ingress")]), 1.0, "{}", agent.log_text());
+    assert_eq!(m.value("echo_tc_attached", &[]), 1.0);
+    counts_one_command(&topo, &agent, server);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
 /// The agent as the unit runs it: user nobody, the unit's capabilities and nothing else, the
 /// pin and state directories owned by the user (ExecStartPre and StateDirectory). It counts,
 /// and finds the interaction, exactly: CAP_BPF and CAP_NET_ADMIN are enough (no CAP_PERFMON).
@@ -115,12 +164,7 @@ fn runs_with_exactly_the_units_capabilities() {
     let topo = Topology::new(1500).expect("topology");
     let server = tls_addr(server_v4(0));
     let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
-    let pins = Path::new("/sys/fs/bpf/echo-agent/v1").join(&topo.hotspot_lan_if);
-    let state = xtask::agent::state_dir(&format!("{}-caps", topo.id));
-    for d in [&pins, &state] {
-        std::fs::create_dir_all(d).unwrap();
-        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
-    }
+    let state = unprivileged_dirs(&topo);
     let args = ["--device".to_string(), format!("{}={DEVICE}", Mac(DEVICE_MAC)), "--state-dir".into(), state.display().to_string()];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
@@ -145,17 +189,7 @@ fn runs_with_exactly_the_units_capabilities() {
     assert_eq!((field("CapEff:"), field("CapPrm:"), field("CapBnd:")), (cap_mask(&caps), cap_mask(&caps), cap_mask(&caps)), "{status}");
     assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("65534")), "{status}");
 
-    let house = Household { lead_in: Duration::from_secs(2), commands: 1, muted_upload: false, trickle: false, ..Default::default() };
-    let hooks = Hooks::controller(&topo, Box::new(|_| Ok(())), Arc::new(AtomicBool::new(false)));
-    let truth = echo_sim::run(&topo, server, house.plan(), hooks).unwrap().join().unwrap().expect("simulated Echo");
-    thread::sleep(Duration::from_millis(3_000));
-    let r = agent.get("/api/interactions").unwrap();
-    let found: Vec<Value> = serde_json::from_str(&r.body).unwrap();
-    assert_eq!(found.len(), 1, "{}", r.body);
-    assert_eq!(found[0]["upload_bytes"], truth.commands[0].upload_bytes);
-    let m = agent.scrape().unwrap();
-    let total = truth.commands[0].upload_bytes + truth.heartbeat_bytes + truth.protocol_bytes;
-    assert_eq!(m.value("echo_upload_tls_bytes_total", &[("device", DEVICE)]) as u64, total);
+    counts_one_command(&topo, &agent, server);
     let log = state.join(echo_agent::store::LOG_FILE);
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(&log).unwrap();
