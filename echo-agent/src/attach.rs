@@ -17,6 +17,7 @@ use aya::programs::{
     xdp::{XdpLink, XdpMode as KernelXdpMode},
     ProgramError, TcAttachType,
 };
+use aya::util::KernelVersion;
 use clap::ValueEnum;
 use thiserror::Error;
 
@@ -77,6 +78,8 @@ pub enum AttachError {
     NoDriverMode(String),
     #[error("cannot attach the TC {1} program to {0}")]
     Tc(String, &'static str, #[source] ProgramError),
+    #[error("Linux {0} has no TCX links, which the TC programs attach through: Linux 6.6 or later is needed")]
+    NoTcx(String),
     #[error("link on {0}: {1}")]
     Link(String, String),
     #[error("cannot pin link {0}: {1}")]
@@ -117,6 +120,20 @@ impl Links {
             drop(held.link);
         }
     }
+}
+
+/// The first kernel with TCX links, which both TC programs attach through: pinned, and swapped
+/// atomically on restart like the XDP link. Older kernels attach TC programs as netlink
+/// (clsact) filters, which aya hands back as links that cannot be pinned; the agent does not
+/// manage those.
+const TCX_KERNEL: KernelVersion = KernelVersion::new(6, 6, 0);
+
+/// Whether the running kernel (`current`) has TCX links; checked before anything is loaded.
+pub fn check_kernel(current: KernelVersion) -> Result<(), AttachError> {
+    if current < TCX_KERNEL {
+        return Err(AttachError::NoTcx(current.to_string()));
+    }
+    Ok(())
 }
 
 pub fn ifindex(iface: &str) -> Option<u32> {
@@ -222,4 +239,20 @@ fn attach_tc(tc: &mut SchedClassifier, iface: &str, index: u32, path: &Path, at:
     let link = FdLink::try_from(tc.take_link(id).map_err(err)?).map_err(|e| link_err(iface, e))?;
     let link = pin(link, path)?;
     Ok((Held { link, path: path.to_path_buf() }, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::util::KernelVersion;
+
+    use super::check_kernel;
+
+    #[test]
+    fn tcx_needs_linux_6_6() {
+        let said = |v| check_kernel(v).map_err(|e| e.to_string());
+        assert_eq!(said(KernelVersion::new(6, 1, 0)), Err("Linux 6.1.0 has no TCX links, which the TC programs attach through: Linux 6.6 or later is needed".to_string()));
+        assert_eq!(said(KernelVersion::new(6, 5, 13)), Err("Linux 6.5.13 has no TCX links, which the TC programs attach through: Linux 6.6 or later is needed".to_string()));
+        assert_eq!(said(KernelVersion::new(6, 6, 0)), Ok(()));
+        assert_eq!(said(KernelVersion::new(6, 18, 44)), Ok(()));
+    }
 }

@@ -23,7 +23,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             || c.downcast_ref::<echo_agent::experiment::ExperimentError>().is_some()
             || c.downcast_ref::<echo_agent::report::ReportError>().is_some()
             || matches!(c.downcast_ref::<PinError>(), Some(PinError::Mount(_)))
-            || matches!(c.downcast_ref::<AttachError>(), Some(AttachError::NoSuchInterface(_) | AttachError::Privileges | AttachError::NoDriverMode(_)))
+            || matches!(c.downcast_ref::<AttachError>(), Some(AttachError::NoSuchInterface(_) | AttachError::Privileges | AttachError::NoDriverMode(_) | AttachError::NoTcx(_)))
             || matches!(
                 c.downcast_ref::<LoadError>(),
                 Some(LoadError::Privileges | LoadError::TooManyDevices(_) | LoadError::TooManyMarkers(_) | LoadError::Pins(PinError::Mount(_)))

@@ -63,6 +63,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     if attach::ifindex(&args.iface).is_none() {
         return Err(attach::AttachError::NoSuchInterface(args.iface.clone()).into());
     }
+    if let Ok(kernel) = aya::util::KernelVersion::current() {
+        attach::check_kernel(kernel)?;
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

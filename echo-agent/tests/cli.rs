@@ -177,6 +177,21 @@ fn run_bpffs_not_mountable() {
     );
 }
 
+/// A kernel older than 6.6 (here one that says it is 2.6.x: `setarch --uname-2.6`, which the
+/// kernel version check reads through uname) has no TCX links: one line, before anything is
+/// loaded.
+#[test]
+fn run_on_a_kernel_without_tcx() {
+    let ns = Scratch::new().unwrap();
+    let arch = std::env::consts::ARCH;
+    let uname = Command::new("setarch").args([arch, "--uname-2.6", "uname", "-r"]).output().expect("setarch");
+    let release = String::from_utf8_lossy(&uname.stdout).trim().to_string();
+    let version: String = release.split(|c: char| !c.is_ascii_digit() && c != '.').next().unwrap().to_string();
+    assert!(version.starts_with("2.6."), "{release}");
+    let got = run_in(&ns, &["setarch", arch, "--uname-2.6"], &["--iface", "lo", "--device", MAC]);
+    assert_exit2(got, &format!("echo-agent: Linux {version} has no TCX links, which the TC programs attach through: Linux 6.6 or later is needed"));
+}
+
 #[test]
 fn run_driver_mode_without_native_xdp() {
     let ns = Scratch::new().unwrap();
