@@ -151,8 +151,9 @@ pub fn attach(progs: &mut Programs, iface: &str, mode: XdpMode, dir: &Path) -> R
     let index = ifindex(iface).ok_or_else(|| AttachError::NoSuchInterface(iface.to_string()))?;
     // Upload pins of other modes are let go first, so the interface can take the new mode
     // and no frame is counted by two upload programs.
+    let keep = mode.upload_pins();
     for pin_name in [XDP_LINK_DRIVER, XDP_LINK_SKB, TC_INGRESS_LINK] {
-        if !mode.upload_pins().contains(&pin_name) {
+        if !keep.contains(&pin_name) {
             let _ = std::fs::remove_file(dir.join(pin_name));
         }
     }

@@ -104,16 +104,50 @@ fn cap_mask(caps: &[String]) -> u64 {
         .fold(0u64, |m, bit| m | 1 << bit)
 }
 
-/// The pin directory and a state directory, owned by the unprivileged user the agent runs as
-/// (the unit's `install -d` and `StateDirectory=` do the same); returns the state directory.
-fn unprivileged_dirs(topo: &Topology) -> PathBuf {
-    let pins = Path::new("/sys/fs/bpf/echo-agent/v1").join(&topo.hotspot_lan_if);
-    let state = xtask::agent::state_dir(&format!("{}-caps", topo.id));
-    for d in [&pins, &state] {
-        std::fs::create_dir_all(d).unwrap();
-        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+/// A topology with the simulated Echo's cloud, for the agent run as the unit runs it: the
+/// unit's capabilities, user nobody, the pin and state directories owned by that user (the
+/// unit's `install -d` and `StateDirectory=` do the same). The state directory goes on drop.
+struct AsTheUnit {
+    caps: Vec<String>,
+    server: std::net::SocketAddr,
+    // Fields drop in order: the cloud's servers before the namespaces they run in.
+    _cloud: echo_sim::Cloud,
+    topo: Topology,
+    state: PathBuf,
+}
+
+impl AsTheUnit {
+    fn new() -> Self {
+        let topo = Topology::new(1500).expect("topology");
+        let server = tls_addr(server_v4(0));
+        let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
+        let pins = Path::new("/sys/fs/bpf/echo-agent/v1").join(&topo.hotspot_lan_if);
+        let state = xtask::agent::state_dir(&format!("{}-caps", topo.id));
+        for d in [&pins, &state] {
+            std::fs::create_dir_all(d).unwrap();
+            std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        }
+        AsTheUnit { caps: unit_capabilities(&unit_text()), server, _cloud, topo, state }
     }
-    state
+
+    /// `run` arguments: the device, the state directory, then `extra`.
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let base = ["--device".to_string(), format!("{}={DEVICE}", Mac(DEVICE_MAC)), "--state-dir".into(), self.state.display().to_string()];
+        base.into_iter().chain(extra.iter().map(|a| a.to_string())).collect()
+    }
+
+    /// The agent under `setpriv` with exactly the unit's capabilities.
+    fn start(&self, extra: &[&str]) -> Agent {
+        let (wrap, args) = (setpriv(&self.caps), self.args(extra));
+        let (wrap, args): (Vec<&str>, Vec<&str>) = (wrap.iter().map(String::as_str).collect(), args.iter().map(String::as_str).collect());
+        Agent::start_wrapped(Path::new(BIN), &self.topo, &wrap, &args).expect("agent")
+    }
+}
+
+impl Drop for AsTheUnit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
 }
 
 /// One command of the simulated Echo to `server`: the agent finds its interaction, with the
@@ -137,20 +171,12 @@ fn counts_one_command(topo: &Topology, agent: &Agent, server: std::net::SocketAd
 /// counts as echo_xdp does.
 #[test]
 fn tc_ingress_runs_with_the_units_capabilities() {
-    let caps = unit_capabilities(&unit_text());
-    let topo = Topology::new(1500).expect("topology");
-    let server = tls_addr(server_v4(0));
-    let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
-    let state = unprivileged_dirs(&topo);
-    let args = ["--device".to_string(), format!("{}={DEVICE}", Mac(DEVICE_MAC)), "--xdp-mode".into(), "tc-ingress".into(), "--state-dir".into(), state.display().to_string()];
-    let wrap = setpriv(&caps);
-    let agent = Agent::start_wrapped(Path::new(BIN), &topo, &wrap.iter().map(String::as_str).collect::<Vec<_>>(), &args.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");
+    let unit = AsTheUnit::new();
+    let agent = unit.start(&["--xdp-mode", "tc-ingress"]);
     let m = agent.scrape().unwrap();
     assert_eq!(m.value("echo_xdp_attached", &[("mode", "tc-ingress")]), 1.0, "{}", agent.log_text());
     assert_eq!(m.value("echo_tc_attached", &[]), 1.0);
-    counts_one_command(&topo, &agent, server);
-    drop(agent);
-    let _ = std::fs::remove_dir_all(&state);
+    counts_one_command(&unit.topo, &agent, unit.server);
 }
 
 /// The agent as the unit runs it: user nobody, the unit's capabilities and nothing else, the
@@ -160,42 +186,34 @@ fn tc_ingress_runs_with_the_units_capabilities() {
 /// anything.
 #[test]
 fn runs_with_exactly_the_units_capabilities() {
-    let caps = unit_capabilities(&unit_text());
-    let topo = Topology::new(1500).expect("topology");
-    let server = tls_addr(server_v4(0));
-    let _cloud = echo_sim::Cloud::start(&topo, server).expect("cloud");
-    let state = unprivileged_dirs(&topo);
-    let args = ["--device".to_string(), format!("{}={DEVICE}", Mac(DEVICE_MAC)), "--state-dir".into(), state.display().to_string()];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let unit = AsTheUnit::new();
+    let caps = &unit.caps;
 
     let without: Vec<String> = caps.iter().filter(|c| *c != "net_admin").cloned().collect();
-    let out = xtask::netns::nsenter(&topo.hotspot_ns)
+    let out = xtask::netns::nsenter(&unit.topo.hotspot_ns)
         .args(setpriv(&without))
         .arg(BIN)
-        .args(["run", "--iface", &topo.hotspot_lan_if])
-        .args(&args)
+        .args(["run", "--iface", &unit.topo.hotspot_lan_if])
+        .args(unit.args(&[]))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "echo-agent: loading eBPF programs needs root, or CAP_BPF and CAP_NET_ADMIN");
 
-    let wrap = setpriv(&caps);
-    let agent = Agent::start_wrapped(Path::new(BIN), &topo, &wrap.iter().map(String::as_str).collect::<Vec<_>>(), &args).expect("agent");
+    let agent = unit.start(&[]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid().unwrap())).unwrap();
     let field = |name: &str| {
         let v = status.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim();
         u64::from_str_radix(v, 16).unwrap()
     };
-    assert_eq!((field("CapEff:"), field("CapPrm:"), field("CapBnd:")), (cap_mask(&caps), cap_mask(&caps), cap_mask(&caps)), "{status}");
+    assert_eq!((field("CapEff:"), field("CapPrm:"), field("CapBnd:")), (cap_mask(caps), cap_mask(caps), cap_mask(caps)), "{status}");
     assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("65534")), "{status}");
 
-    counts_one_command(&topo, &agent, server);
-    let log = state.join(echo_agent::store::LOG_FILE);
+    counts_one_command(&unit.topo, &agent, unit.server);
+    let log = unit.state.join(echo_agent::store::LOG_FILE);
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(&log).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o600));
-    drop(agent);
-    let _ = std::fs::remove_dir_all(&state);
 }
 
 /// Characters a URL query value may carry unescaped.

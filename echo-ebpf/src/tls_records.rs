@@ -177,9 +177,10 @@ fn low_bytes(bytes: u32) -> u64 {
 /// branches inside the walk's loop body multiply the states the verifier explores. A whole
 /// header at the start of a usual segment's payload (a record starting a segment, as small
 /// records do) is read in place (`Packet::read_usual`), a helper call less (~20 ns); only in
-/// a walk's `FIRST` step, since the branch adds states wherever it is verified. Its bytes pass through
-/// `forget`, so that the states after either read converge: loading the programs took
-/// 0.35 s without it, 0.28 s with it, 0.24 s with no in-place read (a replay's start-up).
+/// a walk's `FIRST` step, since the branch adds states wherever it is verified. Its bytes
+/// pass through `forget`, so that the states after either read converge: loading the
+/// programs took 0.35 s without it, 0.28 s with it, 0.24 s with no in-place read (a
+/// replay's start-up, measured at XDP).
 #[inline(always)]
 fn complete_header<P: Packet, const FIRST: bool>(w: &Walker, pkt: &P, off: usize) -> Option<[u8; 5]> {
     if FIRST && w.hdr_have == 0 {

@@ -170,6 +170,7 @@ pub type TcIngress = TcPacket<{ echo_common::DIR_UPLOAD }>;
 
 impl<const D: u8> Packet for TcPacket<D> {
     const DIRECTION: u8 = D;
+
     /// In place when the bytes lie in the skb's linear area (the headers, almost always),
     /// else through the helper's copy, which also reaches the paged part.
     #[inline(always)]
